@@ -1,0 +1,117 @@
+"""``load(name_or_path)``: bundled names, local HF folders and hub ids -> model, tokenizer, spec."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from editscope.errors import ModelLoadError
+from editscope.models.bundled import BUNDLED_MODELS, ensure_bundled
+from editscope.models.spec import ModelSpec, spec_for_config
+
+logger = logging.getLogger(__name__)
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded causal LM with its tokenizer, architecture spec and provenance.
+
+    Attributes:
+        model: the model, in eval mode, with gradients disabled on every parameter.
+        tokenizer: its tokenizer, with a pad token set (the EOS token where it had none).
+        spec: the architecture facts.
+        name: what the user asked for (bundled name, folder or hub id).
+        source: the folder the weights were read from, or the hub id.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: ModelSpec
+    name: str
+    source: str
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, endpoint
+    except OSError as exc:
+        return False, f"{endpoint} ({exc})"
+
+
+def _finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, source: str) -> LoadedModel:
+    spec = spec_for_config(model.config)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, name=name, source=source)
+
+
+def load_folder(folder: str | os.PathLike[str], *, dtype: torch.dtype | None = None, name: str | None = None) -> LoadedModel:
+    """Load an HF model folder (config.json + weights + tokenizer)."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a model folder: it has no config.json")
+    config = AutoConfig.from_pretrained(path)
+    spec_for_config(config)  # unsupported architectures fail before reading weights
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return _finish(model, tokenizer, name or str(path), str(path))
+
+
+def load_hub(repo_id: str, *, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load from the hub cache, or the hub itself where it is reachable; fail fast otherwise."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype or torch.float32, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(repo_id, local_files_only=True)
+        return _finish(model, tokenizer, repo_id, repo_id)
+    except OSError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        raise ModelLoadError(f"{repo_id!r} is not in the local hub cache and HF_HUB_OFFLINE is set")
+    reachable, where = _hub_reachable()
+    if not reachable:
+        raise ModelLoadError(
+            f"{repo_id!r} is neither a bundled model ({', '.join(BUNDLED_MODELS.names())}) nor a local folder, "
+            f"and the model hub is not reachable: {where}. Pass a local HF folder or a bundled name."
+        )
+    config = AutoConfig.from_pretrained(repo_id)
+    spec_for_config(config)
+    model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype or torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(repo_id)
+    return _finish(model, tokenizer, repo_id, repo_id)
+
+
+def load(name_or_path: str, *, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load a bundled model by name, a local HF folder, or a hub id.
+
+    Args:
+        name_or_path: ``smollm2-135m`` / ``gemma3-270m``, a folder path, or ``org/name``.
+        dtype: parameter dtype; fp32 by default (the bundled weights are dequantized to fp32).
+    """
+    start = time.perf_counter()
+    if name_or_path in BUNDLED_MODELS:
+        loaded = load_folder(ensure_bundled(name_or_path), dtype=dtype, name=name_or_path)
+    elif Path(name_or_path).expanduser().exists():
+        loaded = load_folder(Path(name_or_path).expanduser(), dtype=dtype)
+    elif name_or_path.startswith((".", "/", "~")) or os.sep + os.sep in name_or_path:
+        raise ModelLoadError(f"model folder {name_or_path!r} does not exist")
+    else:
+        loaded = load_hub(name_or_path, dtype=dtype)
+    logger.info("loaded %s (%s) in %.1f s", name_or_path, loaded.spec.name, time.perf_counter() - start)
+    return loaded
