@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from editscope.data.demo import load_demo
 from editscope.data.formats import SCHEMAS
 from editscope.errors import DataError, RequestError
 from editscope.registry import did_you_mean
@@ -123,6 +124,8 @@ def load_requests(path: str | Path, fmt: str | None = None, *, skip_invalid: boo
     invalid records are left out with one warning that counts them.
     """
     _check_format(fmt)
+    if _is_demo(path):
+        return load_demo()
     path = Path(path)
     records = read_records(path)
     fmt = fmt or detect_format(records, str(path))
@@ -131,6 +134,10 @@ def load_requests(path: str | Path, fmt: str | None = None, *, skip_invalid: boo
         logger.warning("%s: skipped %d invalid record(s); first: %s", path, len(errors), errors[0])
     _check_unique_ids(requests, str(path))
     return requests
+
+
+def _is_demo(path: str | Path) -> bool:
+    return str(path) == "demo" and not Path(path).exists()
 
 
 def _check_unique_ids(requests: list[EditRequest], path: str) -> None:
@@ -144,6 +151,9 @@ def _check_unique_ids(requests: list[EditRequest], path: str) -> None:
 def inspect_dataset(path: str | Path, fmt: str | None = None) -> DatasetReport:
     """Convert every record it can and collect every error (for ``editscope data inspect``)."""
     _check_format(fmt)
+    if _is_demo(path):
+        demo = load_demo()
+        return DatasetReport("demo", "demo", len(demo), tuple(demo), ())
     path = Path(path)
     try:
         records = read_records(path)

@@ -1,0 +1,223 @@
+"""``editscope <command>``: a thin layer over the library. The only place that prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from editscope import __version__
+from editscope.errors import EditscopeError
+
+logger = logging.getLogger("editscope")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
+    return "\n".join([line, sep, *body])
+
+
+def _emit_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+# -- models ----------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from editscope.models import BUNDLED_MODELS, MODEL_SPECS, supported_architectures
+    from editscope.models.bundled import bundled_folder, is_installed
+
+    archs = []
+    for name in supported_architectures():
+        spec = MODEL_SPECS.get(name)
+        archs.append(
+            {
+                "name": name,
+                "model_types": list(spec.model_types),
+                "layers": spec.layers,
+                "mlp_out": spec.mlp_out,
+                "transposed": spec.transposed,
+            }
+        )
+    bundled = [
+        {
+            "name": name,
+            "description": b.description,
+            "installed": is_installed(name),
+            "converted": (bundled_folder(name) / "manifest.json").is_file(),
+            "install": b.install,
+        }
+        for name, b in BUNDLED_MODELS.items()
+    ]
+    if args.json:
+        _emit_json({"architectures": archs, "bundled": bundled})
+        return 0
+    print("Bundled models (pass the name to --model):")
+    print(_table([[b["name"], "yes" if b["installed"] else "no", b["description"]] for b in bundled], ["name", "installed", "description"]))
+    print("\nSupported architectures (chosen by config.model_type):")
+    print(_table([[a["name"], ", ".join(a["model_types"]), a["layers"], a["mlp_out"]] for a in archs], ["spec", "model_type", "layers", "mlp_out"]))
+    print("\nAlso accepted: a local Hugging Face model folder, or a hub id where a hub is reachable.")
+    return 0
+
+
+# -- data ------------------------------------------------------------------------------------
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from editscope.data import inspect_dataset
+
+    report = inspect_dataset(args.path, args.format)
+    if args.json:
+        _emit_json(
+            {
+                "path": report.path,
+                "format": report.format,
+                "count": report.count,
+                "requests": len(report.requests),
+                "errors": [e.as_dict() for e in report.errors],
+                "first": [r.to_dict() for r in report.requests[: args.limit]],
+            }
+        )
+    else:
+        print(f"{report.path}: format {report.format}, {report.count} records, {len(report.requests)} requests, {len(report.errors)} errors")
+        for request in report.requests[: args.limit]:
+            print(f"  [{request.id}] {request.text!r} -> {request.target_new!r} (was {request.target_true!r}); "
+                  f"{len(request.paraphrase_prompts)} paraphrases, {len(request.neighborhood)} neighbors")
+        for error in report.errors[:20]:
+            print(f"  error: {error}")
+        if len(report.errors) > 20:
+            print(f"  ... and {len(report.errors) - 20} more errors")
+    return 1 if report.errors else 0
+
+
+def _select(requests: list, limit: int | None, seed: int | None) -> list:
+    if seed is not None:
+        requests = list(requests)
+        random.Random(seed).shuffle(requests)
+    return requests[:limit] if limit else list(requests)
+
+
+def cmd_data_rank(args: argparse.Namespace) -> int:
+    from editscope.data import load_requests
+    from editscope.evaluation.knowledge import probe_knowledge
+    from editscope.models import load, model_fingerprint
+
+    requests = _select(load_requests(args.path, args.format), args.limit, None)
+    loaded = load(args.model)
+    start = time.perf_counter()
+    knowledge = probe_knowledge(loaded.model, loaded.tokenizer, requests, batch_size=args.batch_size)
+    seconds = time.perf_counter() - start
+    known = sum(k.known for k in knowledge)
+    facts = {k.request_id: {"rank": k.true.first_rank, "logprob": round(k.true.logprob, 4)} for k in knowledge}
+    summary = {"model": args.model, "fingerprint": model_fingerprint(loaded.model), "dataset": str(args.path),
+               "count": len(knowledge), "known_rank1": known, "seconds": round(seconds, 2)}
+    if args.out:
+        from editscope.storage import atomic_write_json
+
+        atomic_write_json(args.out, {**summary, "facts": facts})
+    if args.json:
+        _emit_json({**summary, "facts": facts})
+    else:
+        print(f"{args.model} knows {known} of {len(knowledge)} facts (true object's first token ranked 1); {seconds:.1f} s")
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from editscope.data import load_requests
+    from editscope.evaluation.knowledge import probe_knowledge
+    from editscope.models import load
+
+    start = time.perf_counter()
+    loaded = load(args.model)
+    load_s = time.perf_counter() - start
+    requests = _select(load_requests("demo"), args.limit, args.seed)
+    knowledge = probe_knowledge(loaded.model, loaded.tokenizer, requests)
+    rows = []
+    for request, k in zip(requests, knowledge):
+        rows.append([
+            request.text[:48],
+            request.target_true,
+            f"{math.exp(k.true.logprob):.3f}",
+            str(k.true.first_rank),
+            request.target_new,
+            f"{math.exp(k.new.logprob):.4f}",
+        ])
+    print(f"Model {args.model} ({loaded.spec.name}, {loaded.spec.num_layers(loaded.model)} layers) loaded in {load_s:.1f} s")
+    print(f"What it predicts now for {len(requests)} demo facts (seed {args.seed}):\n")
+    print(_table(rows, ["prompt", "true object", "P(true)", "rank", "edit target", "P(new)"]))
+    known = sum(k.known for k in knowledge)
+    print(f"\nKnown (true object ranked 1): {known}/{len(knowledge)}. "
+          f"The counterfactual edit targets are what the editors will write in.")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="editscope", description="Sequential knowledge editing and model-health instruments.")
+    parser.add_argument("--version", action="version", version=f"editscope {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    models = sub.add_parser("models", help="supported architectures and bundled model names")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+
+    data = sub.add_parser("data", help="inspect and annotate edit datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="data-command")
+    inspect = data_sub.add_parser("inspect", help="detected format, record count, first records, validation errors")
+    inspect.add_argument("path", help="a dataset file, or 'demo' for the bundled demo set")
+    inspect.add_argument("--format", choices=None, default=None, help="force a format (counterfact, counterfact-easyedit, zsre, mquake, jsonl)")
+    inspect.add_argument("--limit", type=int, default=3, help="how many records to show")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=cmd_data_inspect)
+    rank = data_sub.add_parser("rank", help="which facts a model knows: rank of the true object")
+    rank.add_argument("path", help="a dataset file, or 'demo'")
+    rank.add_argument("--model", default="smollm2-135m")
+    rank.add_argument("--format", default=None)
+    rank.add_argument("--limit", type=int, default=None)
+    rank.add_argument("--batch-size", type=int, default=32)
+    rank.add_argument("--out", type=Path, default=None, help="write {model, fingerprint, facts: {id: {rank, logprob}}} here")
+    rank.add_argument("--json", action="store_true")
+    rank.set_defaults(func=cmd_data_rank)
+
+    demo = sub.add_parser("demo", help="load the bundled model and show what it predicts for demo facts")
+    demo.add_argument("--model", default="smollm2-135m")
+    demo.add_argument("--limit", type=int, default=20)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import transformers
+
+    if not verbose:
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except EditscopeError as error:
+        print(f"editscope: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("editscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

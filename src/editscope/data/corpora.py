@@ -1,0 +1,191 @@
+"""Text corpora for second-moment statistics and perplexity.
+
+Sources, by the string a user passes:
+  * ``None`` or ``"default"`` -- the English Wikipedia calibration sample that the ``exllamav2``
+    wheel ships (``bundled:wiki``), or, where that package is missing, text sampled from the model.
+  * ``"bundled:<name>"`` -- one of that wheel's calibration files (``wiki``, ``c4``, ``code``, ...).
+  * a WikiExtractor file or folder (``<doc ...>`` blocks) -- one document per non-empty article.
+  * a plain text file or a folder of ``*.txt`` -- one document per blank-line-separated paragraph block.
+  * ``"hf:<dataset>[:<config>]:<split>[:<column>]"`` -- a datasets-hub dataset where one is reachable.
+  * ``"model-sampled"`` -- text sampled from the model with a fixed seed.
+Every corpus records where it came from and a content fingerprint, so caches keyed on it are exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as metadata
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editscope.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_DIST = "exllamav2"
+CALIBRATION_DIR = "exllamav2/conversion/standard_cal_data"
+DOC_BLOCK = re.compile(r"<doc\b[^>]*>\n?(.*?)</doc>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class TextCorpus:
+    """An ordered list of documents and where they came from."""
+
+    texts: tuple[str, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.metadata["fingerprint"])
+
+
+def _fingerprint(texts: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
+    return digest.hexdigest()[:16]
+
+
+def parse_wikiextractor(raw: str, min_chars: int = 1) -> list[str]:
+    """Article bodies of WikiExtractor output: the title line and empty articles dropped."""
+    docs = []
+    for block in DOC_BLOCK.findall(raw):
+        lines = block.strip().split("\n")
+        body = "\n".join(line for line in lines[1:] if line.strip()).strip()
+        if len(body) >= min_chars:
+            docs.append(body)
+    return docs
+
+
+def parse_paragraphs(raw: str, min_chars: int = 1) -> list[str]:
+    """Blank-line separated blocks of a plain text file; one document per line where it has no blank lines."""
+    blocks = re.split(r"\n\s*\n", raw.strip())
+    if len(blocks) == 1:
+        blocks = raw.splitlines()
+    return [b.strip() for b in blocks if len(b.strip()) >= min_chars]
+
+
+def calibration_file(name: str) -> Path:
+    """A calibration text file shipped in the ``exllamav2`` wheel (found without importing it)."""
+    try:
+        dist = metadata.distribution(CALIBRATION_DIST)
+    except metadata.PackageNotFoundError:
+        raise DataError(f"bundled:{name}", None, None, "package exllamav2 is not installed (pip install --no-deps exllamav2==0.3.2)") from None
+    wanted = f"{CALIBRATION_DIR}/{name}.utf8"
+    for file in dist.files or ():
+        if str(file).replace("\\", "/") == wanted:
+            return Path(str(dist.locate_file(file)))
+    available = sorted(Path(str(f)).stem for f in dist.files or () if str(f).startswith(CALIBRATION_DIR))
+    raise DataError(f"bundled:{name}", None, None, f"no such calibration file; available: {', '.join(available)}")
+
+
+def _read_path(path: Path, min_chars: int) -> list[str]:
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(str(path), None, None, "no text files found")
+    docs: list[str] = []
+    for file in files:
+        raw = file.read_text(encoding="utf-8", errors="replace")
+        docs.extend(parse_wikiextractor(raw, min_chars) if "<doc " in raw[:4096] else parse_paragraphs(raw, min_chars))
+    return docs
+
+
+def _read_hub(spec: str, min_chars: int) -> list[str]:
+    parts = spec.split(":")[1:]
+    if len(parts) < 2:
+        raise DataError(spec, None, None, "expected hf:<dataset>[:<config>]:<split>[:<column>]")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(spec, None, None, "the 'datasets' package is not installed (pip install 'editscope[hub]')") from None
+    name, rest = parts[0], parts[1:]
+    column = "text"
+    if len(rest) == 3:
+        config, split, column = rest
+    elif len(rest) == 2:
+        config, split = rest
+    else:
+        config, split = None, rest[0]
+    try:
+        dataset = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # the hub raises many types; one clear message instead
+        raise DataError(spec, None, None, f"could not load from the datasets hub: {exc}") from None
+    return [t for t in dataset[column] if isinstance(t, str) and len(t.strip()) >= min_chars]
+
+
+@torch.no_grad()
+def sample_from_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n_texts: int, n_tokens: int, seed: int
+) -> list[str]:
+    """``n_texts`` texts of ``n_tokens`` sampled (temperature 1) from the model with a fixed seed."""
+    device = next(model.parameters()).device
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    texts = []
+    for _ in range(n_texts):
+        ids = torch.tensor([[start]], device=device)
+        past = None
+        out: list[int] = []
+        for _ in range(n_tokens):
+            result = model(input_ids=ids, past_key_values=past, use_cache=True)
+            past = result.past_key_values
+            probs = torch.softmax(result.logits[0, -1].float().cpu(), dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=generator))
+            out.append(token)
+            ids = torch.tensor([[token]], device=device)
+        texts.append(tokenizer.decode(out, skip_special_tokens=True))
+    return texts
+
+
+def load_corpus(
+    source: str | None = None,
+    *,
+    max_texts: int | None = None,
+    min_chars: int = 200,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    seed: int = 0,
+    sample_tokens: int = 128,
+) -> TextCorpus:
+    """Load the corpus named by ``source`` (see the module docstring), at most ``max_texts`` documents."""
+    source = source or "default"
+    meta: dict[str, Any] = {"source": source}
+    if source == "default":
+        try:
+            calibration_file("wiki")
+            source = "bundled:wiki"
+        except DataError:
+            logger.warning("no calibration text installed; sampling text from the model (seed %d)", seed)
+            source = "model-sampled"
+        meta["resolved"] = source
+    if source == "model-sampled":
+        if model is None or tokenizer is None:
+            raise DataError(source, None, None, "model-sampled text needs the model and tokenizer")
+        texts = sample_from_model(model, tokenizer, max_texts or 64, sample_tokens, seed)
+        meta.update(kind="model-sampled", seed=seed, tokens_per_text=sample_tokens)
+    elif source.startswith("bundled:"):
+        path = calibration_file(source.split(":", 1)[1])
+        texts = _read_path(path, min_chars)
+        meta.update(kind="bundled", path=str(path))
+    elif source.startswith("hf:"):
+        texts = _read_hub(source, min_chars)
+        meta.update(kind="hub")
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(source, None, None, "no such corpus file or folder (or use default, bundled:<name>, hf:..., model-sampled)")
+        texts = _read_path(path, min_chars)
+        meta.update(kind="files", path=str(path.resolve()))
+    if max_texts is not None:
+        texts = texts[:max_texts]
+    if not texts:
+        raise DataError(source, None, None, f"no documents of at least {min_chars} characters")
+    frozen = tuple(texts)
+    meta.update(count=len(frozen), fingerprint=_fingerprint(frozen), min_chars=min_chars)
+    return TextCorpus(frozen, meta)
