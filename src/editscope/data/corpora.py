@@ -123,24 +123,28 @@ def _read_hub(spec: str, min_chars: int) -> list[str]:
 def sample_from_model(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n_texts: int, n_tokens: int, seed: int
 ) -> list[str]:
-    """``n_texts`` texts of ``n_tokens`` sampled (temperature 1) from the model with a fixed seed."""
+    """``n_texts`` texts of ``n_tokens`` sampled (temperature 1, no truncation) with a fixed seed.
+
+    The global RNG is forked, so sampling neither depends on nor disturbs the caller's RNG state.
+    """
     device = next(model.parameters()).device
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    texts = []
-    for _ in range(n_texts):
-        ids = torch.tensor([[start]], device=device)
-        past = None
-        out: list[int] = []
-        for _ in range(n_tokens):
-            result = model(input_ids=ids, past_key_values=past, use_cache=True)
-            past = result.past_key_values
-            probs = torch.softmax(result.logits[0, -1].float().cpu(), dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=generator))
-            out.append(token)
-            ids = torch.tensor([[token]], device=device)
-        texts.append(tokenizer.decode(out, skip_special_tokens=True))
-    return texts
+    prompt = torch.full((n_texts, 1), start, dtype=torch.long, device=device)
+    accelerator = device.type != "cpu"
+    with torch.random.fork_rng(devices=[device] if accelerator else [], device_type=device.type if accelerator else "cuda"):
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=n_tokens,
+            min_new_tokens=n_tokens,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start,
+        )
+    return [tokenizer.decode(row[1:], skip_special_tokens=True) for row in out]
 
 
 def load_corpus(

@@ -21,7 +21,7 @@ def field(record: Mapping[str, Any], path: str, kind: type | tuple[type, ...] = 
             raise RequestError(".".join(walked[:-1]) or path, f"expected an object, got {type(value).__name__}")
         if key not in value:
             if required:
-                raise RequestError(path, "missing")
+                raise RequestError(".".join(walked), "missing")
             return None
         value = value[key]
     if value is None and not required:

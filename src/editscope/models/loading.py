@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.errors import ModelLoadError
@@ -76,12 +77,9 @@ def load_folder(folder: str | os.PathLike[str], *, dtype: torch.dtype | None = N
 
 def load_hub(repo_id: str, *, dtype: torch.dtype | None = None) -> LoadedModel:
     """Load from the hub cache, or the hub itself where it is reachable; fail fast otherwise."""
-    try:
-        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype or torch.float32, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(repo_id, local_files_only=True)
-        return _finish(model, tokenizer, repo_id, repo_id)
-    except OSError:
-        pass
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):  # a complete snapshot in the local hub cache: no network at all
+        return load_folder(Path(cached).parent, dtype=dtype, name=repo_id)
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
         raise ModelLoadError(f"{repo_id!r} is not in the local hub cache and HF_HUB_OFFLINE is set")
     reachable, where = _hub_reachable()

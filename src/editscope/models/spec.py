@@ -189,7 +189,7 @@ GPT_NEOX = register_model_spec(
         attn="attention",
         final_norm="gpt_neox.final_layer_norm",
         embed="gpt_neox.embed_in",
-        unembed="embed_out",
+        unembed="lm_head",
     )
 )
 

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny models, the reference data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from editscope.models import tiny_model
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(relative: str) -> Path:
+    """A file of ../shared/data; the test is skipped where the folder is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"reference data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    return tiny_model("gpt2")

@@ -1,0 +1,52 @@
+import copy
+import json
+
+from editscope.cli import main
+from tests.conftest import shared_data
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_models_json_lists_bundled_and_architectures(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    payload = json.loads(out)
+    assert code == 0
+    assert "smollm2-135m" in [b["name"] for b in payload["bundled"]]
+    assert {"llama", "gemma3", "gpt2", "gptj", "gpt_neox"} <= {a["name"] for a in payload["architectures"]}
+
+
+def test_data_inspect_counterfact_json(capsys):
+    code, out, _ = run(capsys, "data", "inspect", str(shared_data("counterfact/counterfact_500.json")), "--json")
+    payload = json.loads(out)
+    assert code == 0
+    assert (payload["format"], payload["count"], payload["errors"]) == ("counterfact", 500, [])
+
+
+def test_data_inspect_reports_broken_record_and_fails(capsys, tmp_path):
+    records = json.loads(shared_data("counterfact/counterfact_500.json").read_text())
+    broken = copy.deepcopy(records)
+    broken[42]["requested_rewrite"]["prompt"] = broken[42]["requested_rewrite"]["prompt"].replace("{}", "")
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps(broken))
+    code, out, _ = run(capsys, "data", "inspect", str(path), "--json")
+    payload = json.loads(out)
+    assert code != 0
+    assert [(e["index"], e["field"]) for e in payload["errors"]] == [(42, "requested_rewrite.prompt")]
+    code, out, _ = run(capsys, "data", "inspect", str(path))
+    assert code != 0 and "record 42" in out
+
+
+def test_data_inspect_demo(capsys):
+    code, out, _ = run(capsys, "data", "inspect", "demo", "--json", "--limit", "1")
+    payload = json.loads(out)
+    assert code == 0 and payload["format"] == "demo" and payload["count"] >= 300
+    assert len(payload["first"]) == 1
+
+
+def test_missing_file_is_an_error_with_exit_code(capsys, tmp_path):
+    code, out, _ = run(capsys, "data", "inspect", str(tmp_path / "nope.json"), "--json")
+    assert code != 0 and "file not found" in out
