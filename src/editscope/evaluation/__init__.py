@@ -1,5 +1,5 @@
 """Edit metrics, downstream tasks and perplexity; built on batched target scoring."""
 
-from editscope.evaluation.scoring import TargetScore, encode_pair, score_targets
+from editscope.evaluation.scoring import TargetBatch, TargetScore, encode_pair, score_targets, target_batch
 
-__all__ = ["TargetScore", "encode_pair", "score_targets"]
+__all__ = ["TargetBatch", "TargetScore", "encode_pair", "score_targets", "target_batch"]

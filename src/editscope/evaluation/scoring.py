@@ -83,6 +83,54 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class TargetBatch:
+    """Left-padded prompt+target rows whose targets end at the last position.
+
+    ``logits[:, -keep:]`` of a forward pass with ``logits_to_keep=keep`` predict the targets:
+    row ``i``'s target token ``j`` is predicted at kept position ``keep - len_i + j``.
+    ``target_ids`` is [batch, keep] right-aligned, ``target_mask`` marks its real entries.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    target_ids: Tensor
+    target_mask: Tensor
+    keep: int
+
+    def forward_kwargs(self) -> dict[str, Tensor | int]:
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+            "logits_to_keep": self.keep,
+        }
+
+    def target_logprobs(self, logits: Tensor) -> Tensor:
+        """Per-token log-probabilities of the targets, [batch, keep] (0 where masked)."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        picked = logprobs.gather(2, self.target_ids[..., None]).squeeze(2)
+        return picked * self.target_mask
+
+
+def target_batch(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], targets: Sequence[str], device: torch.device
+) -> TargetBatch:
+    """Build a :class:`TargetBatch` for ``targets[i]`` after ``prompts[i]``."""
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    keep = max(len(t) for _, t in pairs)
+    ids, mask, positions = left_padded_batch([p + t[:-1] for p, t in pairs], _pad_id(tokenizer), device)
+    target_ids = torch.zeros((len(pairs), keep), dtype=torch.long)
+    target_mask = torch.zeros((len(pairs), keep))
+    for row, (_, t) in enumerate(pairs):
+        target_ids[row, keep - len(t) :] = torch.tensor(t)
+        target_mask[row, keep - len(t) :] = 1.0
+    return TargetBatch(ids, mask, positions, target_ids.to(device), target_mask.to(device), keep)
+
+
 @torch.no_grad()
 def score_targets(
     model: PreTrainedModel,
@@ -96,26 +144,23 @@ def score_targets(
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     device = next(model.parameters()).device
-    pad = _pad_id(tokenizer)
-    pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    lengths = [sum(len(x) for x in encode_pair(tokenizer, p, t)) for p, t in zip(prompts, targets)]
     # Longest first: similar lengths share a batch, less padding.
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-    results: list[TargetScore | None] = [None] * len(pairs)
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    results: list[TargetScore | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        inputs = [pairs[i][0] + pairs[i][1][:-1] for i in chunk]
-        keep = max(len(pairs[i][1]) for i in chunk)
-        ids, mask, positions = left_padded_batch(inputs, pad, device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)  # [batch, keep, vocab]
+        batch = target_batch(tokenizer, [prompts[i] for i in chunk], [targets[i] for i in chunk], device)
+        logits = model(**batch.forward_kwargs()).logits.float()
+        token_lp = batch.target_logprobs(logits)
         for row, i in enumerate(chunk):
-            target = pairs[i][1]
-            steps = logprobs[row, keep - len(target) :]  # the positions that predict the target tokens
-            target_t = torch.tensor(target, device=device)
-            token_lp = steps.gather(1, target_t[:, None]).squeeze(1)
-            first = steps[0]
-            rank = int((first > first[target[0]]).sum()) + 1
-            greedy = bool((steps.argmax(dim=-1) == target_t).all())
-            total = float(token_lp.sum())
-            results[i] = TargetScore(total, total / len(target), rank, greedy, len(target))
+            real = batch.target_mask[row].bool()
+            steps = logits[row, real]
+            target = batch.target_ids[row, real]
+            first_logit = steps[0, target[0]]
+            rank = int((steps[0] > first_logit).sum()) + 1
+            greedy = bool((steps.argmax(dim=-1) == target).all())
+            total = float(token_lp[row].sum())
+            n = int(real.sum())
+            results[i] = TargetScore(total, total / n, rank, greedy, n)
     return [r for r in results if r is not None]

@@ -1,0 +1,135 @@
+"""The editor contract: ``compute_delta`` returns a :class:`WeightDelta` and leaves the model unchanged.
+
+A subclass implements one method, :meth:`Editor.compute_delta`. Everything else is an optional
+hook with a default (peft's ``BaseTuner`` style):
+
+* :meth:`Editor.edited_parameters` -- the parameter names this editor may change (contract tests
+  check that nothing else changes);
+* :meth:`Editor.commit` -- called by the run after it applied the delta of a batch; sequential
+  editors (AlphaEdit's accumulated keys, ENCORE's previous-edit keys) update their state here;
+* :meth:`Editor.state_dict` / :meth:`Editor.load_state_dict` -- that state, as tensors and plain data.
+
+Hyperparameters are a frozen dataclass (``Editor.config_class``), one field per hyperparameter with
+its meaning, unit and source in the docstring; per-model defaults ship as YAML under ``hparams/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, ClassVar
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editscope.config import ConfigError, from_dict, load_yaml
+from editscope.models.spec import ModelSpec, spec_for_config
+from editscope.registry import Registry
+from editscope.types import EditRequest, WeightDelta
+
+EDITORS: Registry[type[Editor]] = Registry("editor")
+
+
+def register_editor(name: str):
+    """Class decorator: register an :class:`Editor` subclass under ``name``."""
+
+    def wrap(cls: type[Editor]) -> type[Editor]:
+        cls.name = name
+        return EDITORS.add(name, cls)
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class EditorConfig:
+    """Fields every editor has.
+
+    Attributes:
+        layers: indices of the decoder blocks whose weights the editor changes.
+    """
+
+    layers: tuple[int, ...] = (4, 5, 6, 7, 8)
+
+
+class Editor(ABC):
+    """Base class of all editors; see the module docstring for the contract."""
+
+    name: ClassVar[str] = "editor"
+    config_class: ClassVar[type[EditorConfig]] = EditorConfig
+
+    def __init__(self, config: EditorConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise ConfigError(f"{self.name}: expected {self.config_class.__name__}, got {type(self.config).__name__}")
+
+    # -- the one required method ---------------------------------------------------------
+    @abstractmethod
+    def compute_delta(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest]
+    ) -> WeightDelta:
+        """The update that writes ``requests`` into ``model``; the model itself is left unchanged."""
+
+    # -- optional hooks ------------------------------------------------------------------
+    def edited_parameters(self, model: PreTrainedModel) -> list[str]:
+        """Names of the parameters this editor may change: by default the MLP output weights of ``layers``."""
+        spec = self.spec(model)
+        for layer in self.config.layers:
+            spec.check_layer(model, layer)
+        return [spec.weight_name(layer, "mlp_out") for layer in self.config.layers]
+
+    def commit(self, requests: Sequence[EditRequest], delta: WeightDelta) -> None:
+        """Called after the run applied ``delta``; sequential state is updated here. Default: nothing."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sequential state (tensors and plain data). Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state, got keys {sorted(state)}")
+
+    # -- helpers for subclasses ----------------------------------------------------------
+    @staticmethod
+    def spec(model: PreTrainedModel) -> ModelSpec:
+        return spec_for_config(model.config)
+
+    @staticmethod
+    def check_requests(requests: Sequence[EditRequest]) -> None:
+        if not requests:
+            raise ValueError("no requests to edit")
+        for i, request in enumerate(requests):
+            if not isinstance(request, EditRequest):
+                raise TypeError(f"requests[{i}] is {type(request).__name__}, not an EditRequest")
+
+
+@contextlib.contextmanager
+def trainable(model: PreTrainedModel, names: Sequence[str]) -> Iterator[dict[str, torch.nn.Parameter]]:
+    """Enable gradients on ``names`` only, restoring every parameter's ``requires_grad`` afterwards."""
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    params = dict(model.named_parameters())
+    try:
+        model.requires_grad_(False)
+        for name in names:
+            params[name].requires_grad_(True)
+        yield {name: params[name] for name in names}
+    finally:
+        for name, flag in saved.items():
+            params[name].requires_grad_(flag)
+
+
+def default_config(editor: str, model_name: str | None) -> dict[str, Any]:
+    """The shipped hyperparameters for ``editor`` on a bundled model (``hparams/<editor>/<model>.yaml``), or ``{}``."""
+    if model_name is None:
+        return {}
+    path = resources.files(__package__).joinpath("hparams", editor, f"{model_name}.yaml")
+    return load_yaml(str(path)) if path.is_file() else {}
+
+
+def build_editor(name: str, overrides: dict[str, Any] | None = None, *, model_name: str | None = None) -> Editor:
+    """Instantiate editor ``name`` with its shipped defaults for ``model_name`` and ``overrides`` on top."""
+    cls = EDITORS.get(name)
+    data = {**default_config(name, model_name), **(overrides or {})}
+    return cls(from_dict(cls.config_class, data, where=f"{name} config"))

@@ -1,0 +1,168 @@
+"""The locate-and-edit core shared by MEMIT, EMMET, AlphaEdit and ENCORE (MEMIT's Algorithm 1).
+
+1. z* for every request at the residual stream after the last edited block (batched, see linalg.values);
+2. for each edited layer l, lowest first: keys K_l (averaged over context prefixes), residual
+   R_l = (z* - current value) / (layers left), an update dW_l from the method's equation, applied
+   temporarily so the next layer sees it;
+3. the model is restored exactly and the accumulated updates returned as one WeightDelta.
+
+A subclass implements :meth:`LocateEditor.layer_update` (one paper equation); statistics, keys
+and values come from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editscope.data.corpora import load_corpus
+from editscope.editors.base import Editor, EditorConfig
+from editscope.linalg.keys import compute_keys, compute_site_values, context_templates
+from editscope.linalg.stats import second_moments
+from editscope.linalg.values import ZConfig, compute_z
+from editscope.models.fingerprint import model_fingerprint
+from editscope.models.spec import ModelSpec
+from editscope.types import EditRequest, WeightDelta
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocateConfig(EditorConfig):
+    """Fields shared by locate-and-edit editors.
+
+    Attributes:
+        z: the z* optimization (see :class:`~editscope.linalg.values.ZConfig`).
+        context_prefixes: random prefixes the keys and z* are averaged over (MEMIT: 5, plus the bare prompt).
+        prefix_tokens: length of each prefix in tokens (MEMIT: 10).
+        seed: seed for the prefixes.
+        stats_corpus: text for C0 = E[k k^T] (``default``: the bundled Wikipedia sample; see data.corpora).
+        stats_samples: documents used for C0 (MEMIT: 100,000 Wikipedia texts).
+        stats_seq_len: tokens per document for C0.
+    """
+
+    z: ZConfig = field(default_factory=ZConfig)
+    context_prefixes: int = 5
+    prefix_tokens: int = 10
+    seed: int = 0
+    stats_corpus: str = "default"
+    stats_samples: int = 1000
+    stats_seq_len: int = 256
+
+
+class LocateEditor(Editor):
+    """Base of the MEMIT family; subclasses implement :meth:`layer_update`."""
+
+    config_class = LocateConfig
+    config: LocateConfig
+
+    def __init__(self, config: LocateConfig | None = None) -> None:
+        super().__init__(config)
+        self._templates: tuple[str, ...] | None = None
+        self._base_fingerprint: str | None = None
+        self._c0: dict[int, Tensor] = {}
+        self._pending: dict[int, Tensor] = {}
+
+    # -- the method's equation -----------------------------------------------------------
+    @abstractmethod
+    def layer_update(self, layer: int, r: Tensor, k: Tensor) -> Tensor:
+        """dW for ``layer`` in (out, in) orientation from residuals ``r`` [d_out, n] and keys ``k`` [d_in, n]."""
+
+    # -- shared machinery ----------------------------------------------------------------
+    def prepare(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> ModelSpec:
+        """Resolve the spec, context templates and C0 (once; they belong to the unedited model)."""
+        spec = self.spec(model)
+        for layer in self.config.layers:
+            spec.check_layer(model, layer)
+        if self._base_fingerprint is None:
+            self._base_fingerprint = model_fingerprint(model)
+        if self._templates is None:
+            self._templates = context_templates(model, tokenizer, self.config.context_prefixes, self.config.prefix_tokens, self.config.seed)
+        if self.needs_c0 and set(self._c0) != set(self.config.layers):
+            corpus = load_corpus(self.config.stats_corpus, model=model, tokenizer=tokenizer, seed=self.config.seed)
+            self._c0 = second_moments(
+                model, tokenizer, spec, self.config.layers, corpus,
+                n_samples=self.config.stats_samples, seq_len=self.config.stats_seq_len, fingerprint=self._base_fingerprint,
+            )
+            self.on_statistics()
+        return spec
+
+    needs_c0 = True
+
+    def on_statistics(self) -> None:
+        """Hook after C0 is known (e.g. factorize it once)."""
+
+    def compute_delta(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest]
+    ) -> WeightDelta:
+        self.check_requests(requests)
+        spec = self.prepare(model, tokenizer)
+        layers = sorted(self.config.layers)
+        start = time.perf_counter()
+        zres = compute_z(model, tokenizer, spec, layers[-1], requests, self._templates, self.config.z, site="residual")
+        z_s = time.perf_counter() - start
+        originals = {layer: model.get_parameter(spec.weight_name(layer)).detach().clone() for layer in layers}
+        deltas: dict[int, Tensor] = {}
+        self._pending = {}
+        try:
+            for i, layer in enumerate(layers):
+                keys = compute_keys(model, tokenizer, spec, [layer], requests, self._templates)[layer]
+                current = compute_site_values(model, tokenizer, spec, layers[-1], requests)
+                r = (zres.z - current) / (len(layers) - i)
+                update = self.layer_update(layer, r.to(keys.device), keys)
+                if not torch.isfinite(update).all():
+                    raise FloatingPointError(f"{self.name}: non-finite update at layer {layer}")
+                param = model.get_parameter(spec.weight_name(layer))
+                stored = spec.to_stored(update).to(param.dtype)
+                with torch.no_grad():
+                    param.add_(stored)
+                deltas[layer] = stored
+                self._pending[layer] = keys.double()
+        finally:
+            with torch.no_grad():
+                for layer, original in originals.items():
+                    model.get_parameter(spec.weight_name(layer)).copy_(original)
+        logger.debug("%s: %d requests, z* %.1f s (steps %s), total %.1f s", self.name, len(requests), z_s, zres.steps, time.perf_counter() - start)
+        self.last_info = {"z_seconds": z_s, "z_steps_mean": sum(zres.steps) / len(zres.steps), "seconds": time.perf_counter() - start}
+        return WeightDelta({spec.weight_name(layer): d for layer, d in deltas.items()})
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"templates": list(self._templates or ()), "base_fingerprint": self._base_fingerprint}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        templates = state.get("templates")
+        self._templates = tuple(templates) if templates else None
+        self._base_fingerprint = state.get("base_fingerprint")
+
+
+class SequentialGramMixin:
+    """Keeps Kp Kp^T per layer: the Gram matrix of every committed edit's keys (AlphaEdit, ENCORE)."""
+
+    _pending: dict[int, Tensor]
+
+    def _init_gram(self) -> None:
+        self._gram: dict[int, Tensor] = {}
+
+    def prev_gram(self, layer: int, d_in: int, like: Tensor) -> Tensor:
+        gram = self._gram.get(layer)
+        return gram.to(like.device) if gram is not None else torch.zeros(d_in, d_in, dtype=torch.float64, device=like.device)
+
+    def commit(self, requests: Sequence[EditRequest], delta: WeightDelta) -> None:
+        for layer, keys in self._pending.items():
+            self._gram[layer] = self.prev_gram(layer, keys.shape[0], keys) + keys @ keys.T
+        self._pending = {}
+
+    def gram_state(self) -> dict[str, Any]:
+        return {f"gram.{layer}": g.cpu() for layer, g in self._gram.items()}
+
+    def load_gram_state(self, state: dict[str, Any]) -> None:
+        self._gram = {int(k.split(".", 1)[1]): v.clone() for k, v in state.items() if k.startswith("gram.")}

@@ -1,0 +1,1 @@
+"""The shared math of locate-and-edit methods, one function per paper equation."""

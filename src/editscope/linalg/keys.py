@@ -1,0 +1,121 @@
+"""Keys k*: the input of the edited MLP output projection at the subject's last token.
+
+ROME (Meng et al. 2022, eq. 3) and MEMIT (Meng et al. 2023, eq. 19 / Alg. 1 line 9) average the
+key over the prompt preceded by short random prefixes, so that it does not depend on one context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editscope.linalg.positions import positioned_batch
+from editscope.models.hooks import StopForward, capture_inputs, gather_rows, hooks, output_hidden
+from editscope.models.spec import ModelSpec
+from editscope.types import EditRequest
+
+PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You")
+
+
+@torch.no_grad()
+def context_templates(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n_prefixes: int, prefix_tokens: int, seed: int
+) -> tuple[str, ...]:
+    """``("{}", "<prefix>. {}", ...)``: the bare prompt plus ``n_prefixes`` sampled prefixes (MEMIT's context templates).
+
+    Prefixes are sampled from the model itself (temperature 1, top-k 5) starting from a few
+    common words, with a fixed seed and the caller's RNG state left alone.
+    """
+    templates = ["{}"]
+    if n_prefixes <= 0:
+        return tuple(templates)
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i in range(n_prefixes):
+            start = tokenizer(PREFIX_SEEDS[i % len(PREFIX_SEEDS)], return_tensors="pt", add_special_tokens=True)
+            out = model.generate(
+                input_ids=start["input_ids"].to(device),
+                attention_mask=start["attention_mask"].to(device),
+                do_sample=True,
+                top_k=5,
+                max_new_tokens=prefix_tokens,
+                min_new_tokens=prefix_tokens,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            )
+            text = tokenizer.decode(out[0], skip_special_tokens=True).replace("{", " ").replace("}", " ").strip()
+            templates.append(text + ". {}")
+    return tuple(templates)
+
+
+def contextual_prompts(requests: Sequence[EditRequest], templates: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Every request's prompt in every template (request-major) and the character end of its subject."""
+    prompts, ends = [], []
+    for request in requests:
+        for template in templates:
+            head = template.split("{}", 1)[0]
+            prompts.append(template.replace("{}", request.text, 1))
+            ends.append(len(head) + request.subject_char_span[1])
+    return prompts, ends
+
+
+@torch.no_grad()
+def compute_keys(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: ModelSpec,
+    layers: Sequence[int],
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+) -> dict[int, Tensor]:
+    """k* per layer: ``{layer: Float[Tensor, "d_mlp n_requests"]}``, averaged over ``templates``.
+
+    One forward pass for all layers, stopped after the deepest one.
+    """
+    device = next(model.parameters()).device
+    prompts, ends = contextual_prompts(requests, templates)
+    batch = positioned_batch(tokenizer, prompts, ends, [None] * len(prompts), device)
+    paths = {layer: spec.module_path(layer, "mlp_out") for layer in layers}
+    captured = capture_inputs(
+        model,
+        list(paths.values()),
+        paths[max(layers)],
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    )
+    keys = {}
+    for layer, path in paths.items():
+        rows = gather_rows(captured[path], batch.position)  # [n * T, d_mlp]
+        keys[layer] = rows.reshape(len(requests), len(templates), -1).mean(dim=1).T.contiguous()
+    return keys
+
+
+@torch.no_grad()
+def compute_site_values(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: ModelSpec,
+    layer: int,
+    requests: Sequence[EditRequest],
+) -> Tensor:
+    """The residual stream after block ``layer`` at each bare prompt's subject token, ``[d_model, n]``."""
+    device = next(model.parameters()).device
+    prompts, ends = contextual_prompts(requests, ("{}",))
+    batch = positioned_batch(tokenizer, prompts, ends, [None] * len(prompts), device)
+    captured: dict[str, Tensor] = {}
+
+    def grab(module, args, kwargs, output):
+        captured["out"] = output_hidden(output).detach()
+        raise StopForward
+
+    with hooks(model, post={spec.layer_path(layer): grab}):
+        try:
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
+        except StopForward:
+            pass
+    return gather_rows(captured["out"], batch.position).float().T.contiguous()

@@ -1,0 +1,90 @@
+"""Token positions of subjects inside prompts, and left-padded prompt batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from editscope.errors import RequestError
+from editscope.evaluation.scoring import encode_pair, left_padded_batch
+
+
+def last_token_of_span(tokenizer: PreTrainedTokenizerBase, text: str, char_end: int) -> tuple[list[int], int]:
+    """Token ids of ``text`` and the index of the token holding character ``char_end - 1``."""
+    encoded = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    for index in range(len(ids) - 1, -1, -1):
+        start, end = offsets[index]
+        if end > start and start < char_end:
+            return list(ids), index
+    raise RequestError("subject", f"no token of {text!r} covers character {char_end - 1}")
+
+
+@dataclass(frozen=True)
+class PositionedBatch:
+    """Left-padded rows, each with the position where something is read or added.
+
+    ``position[r]`` indexes the padded row ``r``; ``target_ids``/``target_mask`` ([rows, keep]) are
+    right-aligned targets predicted by the last ``keep`` positions (all-masked for rows without one).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    position: Tensor
+    target_ids: Tensor
+    target_mask: Tensor
+    keep: int
+
+    def forward_kwargs(self) -> dict[str, Tensor | int | bool]:
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+            "logits_to_keep": self.keep,
+            "use_cache": False,
+        }
+
+
+def positioned_batch(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    subject_ends: Sequence[int],
+    targets: Sequence[str | None],
+    device: torch.device,
+) -> PositionedBatch:
+    """Rows ``prompts[r]`` (+ ``targets[r]`` minus its last token), positioned at the subject's last token.
+
+    ``subject_ends[r]`` is the character offset just past the subject in ``prompts[r]``.
+    """
+    rows: list[list[int]] = []
+    where: list[int] = []
+    row_targets: list[list[int]] = []
+    for prompt, end, target in zip(prompts, subject_ends, targets):
+        prompt_ids, index = last_token_of_span(tokenizer, prompt, end)
+        if target is None:
+            rows.append(prompt_ids)
+            row_targets.append([])
+        else:
+            joint_prompt, target_ids = encode_pair(tokenizer, prompt, target)
+            if joint_prompt != prompt_ids:
+                raise RequestError("prompt", f"tokenization of {prompt!r} differs with and without offsets")
+            rows.append(prompt_ids + target_ids[:-1])
+            row_targets.append(target_ids)
+        where.append(index)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    ids, mask, positions = left_padded_batch(rows, int(pad), device)
+    width = ids.shape[1]
+    position = torch.tensor([width - len(row) + index for row, index in zip(rows, where)], device=device)
+    keep = max([len(t) for t in row_targets] + [1])
+    target_ids = torch.zeros((len(rows), keep), dtype=torch.long)
+    target_mask = torch.zeros((len(rows), keep))
+    for r, t in enumerate(row_targets):
+        if t:
+            target_ids[r, keep - len(t) :] = torch.tensor(t)
+            target_mask[r, keep - len(t) :] = 1.0
+    return PositionedBatch(ids, mask, positions, position, target_ids.to(device), target_mask.to(device), keep)

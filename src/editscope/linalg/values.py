@@ -1,0 +1,246 @@
+"""Target values z* (MEMIT eq. 16 / ROME eq. 4): the vector at the edit site that makes the model say target_new.
+
+For each request an additive vector delta_i is optimized at the subject's last token of every
+prefixed prompt, at one site (the residual stream after the last edited block for MEMIT and its
+descendants, the MLP output for ROME):
+
+    L(delta_i) = mean_prompts NLL(target_new | prompt, site += delta_i)
+                 + kl_factor * KL(P_0 || P_delta)  on the bare subject
+                 + weight_decay * ||delta_i|| / ||h_i||^2
+
+with ||delta_i|| clamped to ``clamp_norm_factor * ||h_i||``; then z_i = h_i + delta_i, with h_i the
+site's value for the bare prompt. All requests of a batch are optimized together: one forward and
+backward per step, each request with its own delta at its own positions (the losses are separable,
+so this equals optimizing them one by one). Blocks below the site do not depend on delta: they run
+once and are replayed from a cache. MPES (most-probable early stopping, ENCORE, Gupta et al. 2025):
+a request stops once target_new is the argmax at every target position of every prefixed prompt,
+after ``mpes_extra_steps`` more steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editscope.linalg.keys import contextual_prompts
+from editscope.linalg.positions import PositionedBatch, positioned_batch
+from editscope.models.hooks import gather_rows, hooks, output_hidden, replace_hidden
+from editscope.models.spec import ModelSpec
+from editscope.types import EditRequest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ZConfig:
+    """Hyperparameters of the z* optimization.
+
+    Attributes:
+        steps: maximum optimization steps (MEMIT ``v_num_grad_steps``: 20-25).
+        lr: Adam learning rate on delta (MEMIT ``v_lr``: 0.5).
+        kl_factor: weight of the KL term that keeps the subject's own prediction (ROME/MEMIT: 0.0625).
+        weight_decay: weight of ||delta|| / ||h||^2 (MEMIT ``v_weight_decay``: 0.5; ROME 1e-3 on GPT-2).
+        clamp_norm_factor: ||delta|| <= this * ||h|| (MEMIT ``clamp_norm_factor``: 0.75 on GPT-J, 4 on GPT-2 XL).
+        loss_stop: stop a request once its mean target NLL is below this, in nats (MEMIT: 5e-2).
+        mpes: most-probable early stopping (ENCORE) instead of the loss threshold.
+        mpes_extra_steps: steps taken after the MPES condition holds (ENCORE: a few).
+    """
+
+    steps: int = 25
+    lr: float = 0.5
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    loss_stop: float = 5e-2
+    mpes: bool = False
+    mpes_extra_steps: int = 2
+
+
+@dataclass(frozen=True)
+class ZResult:
+    """z* per request (``Float[Tensor, "d n"]``), the site's unedited value h, and per-request steps."""
+
+    z: Tensor
+    h: Tensor
+    steps: tuple[int, ...]
+    final_nll: tuple[float, ...]
+
+
+def _site_path(spec: ModelSpec, layer: int, site: Literal["residual", "mlp_out"]) -> str:
+    return spec.layer_path(layer) if site == "residual" else spec.module_path(layer, "mlp_out")
+
+
+class _StandIn(nn.Module):
+    """Stands in for a lower block: block 0 returns the cached output, the others pass it on.
+
+    Attributes the model's layer loop reads from a block (e.g. Gemma's ``attention_type``) are
+    looked up on the original block.
+    """
+
+    def __init__(self, original: nn.Module, output: Any, replay: bool) -> None:
+        super().__init__()
+        self.__dict__["_original"] = original
+        self.__dict__["_output"] = output
+        self.replay = replay
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_original"], name)
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+        output = self.__dict__["_output"]
+        return output if self.replay else replace_hidden(output, hidden_states)
+
+
+@contextlib.contextmanager
+def replay_lower_blocks(model: PreTrainedModel, spec: ModelSpec, last_skipped: int, output: Any) -> Iterator[None]:
+    """Replace blocks ``0..last_skipped`` with a replay of block ``last_skipped``'s cached ``output``."""
+    blocks = model.get_submodule(spec.layers)
+    saved = [blocks[i] for i in range(last_skipped + 1)]
+    try:
+        for i in range(last_skipped + 1):
+            blocks[i] = _StandIn(saved[i], output, replay=i == 0)
+        yield
+    finally:
+        for i, block in enumerate(saved):
+            blocks[i] = block
+
+
+def _cache_block_output(model: PreTrainedModel, spec: ModelSpec, layer: int, batch: PositionedBatch) -> Any:
+    cached: dict[str, Any] = {}
+
+    def grab(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        cached["out"] = output
+        raise _Stop
+
+    with torch.no_grad(), hooks(model, post={spec.layer_path(layer): grab}):
+        try:
+            model(**batch.forward_kwargs())
+        except _Stop:
+            pass
+    return cached["out"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def compute_z(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: ModelSpec,
+    layer: int,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    config: ZConfig,
+    *,
+    site: Literal["residual", "mlp_out"] = "residual",
+) -> ZResult:
+    """Optimize z* for all ``requests`` at once at ``site`` of block ``layer`` (see the module docstring)."""
+    device = next(model.parameters()).device
+    n, t = len(requests), len(templates)
+    prompts, ends = contextual_prompts(requests, templates)
+    # rows: n*t rewriting rows (request-major), then n KL rows (the bare subject)
+    kl_prompts = [r.subject for r in requests]
+    batch = positioned_batch(
+        tokenizer,
+        prompts + kl_prompts,
+        ends + [len(s) for s in kl_prompts],
+        [r.target_new for r in requests for _ in templates] + [None] * n,
+        device,
+    )
+    owner = torch.cat([torch.arange(n, device=device).repeat_interleave(t), torch.arange(n, device=device)])
+    rewrite_rows = torch.arange(n * t, device=device)
+    kl_rows = torch.arange(n * t, n * t + n, device=device)
+    path = _site_path(spec, layer, site)
+    last_skipped = layer if site == "residual" else layer - 1
+
+    captured: dict[str, Tensor] = {}
+    delta = torch.zeros((n, _site_width(model, spec, layer, site)), device=device, dtype=torch.float32, requires_grad=True)
+
+    def inject(module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+        hidden = output_hidden(output)
+        if "h" not in captured:
+            captured["h"] = gather_rows(hidden, batch.position).detach().float()
+        add = torch.zeros_like(hidden)
+        add = add.index_put((torch.arange(hidden.shape[0], device=device), batch.position), delta[owner].to(hidden.dtype))
+        return replace_hidden(output, hidden + add)
+
+    stack = contextlib.ExitStack()
+    with stack:
+        if last_skipped >= 0:
+            stack.enter_context(replay_lower_blocks(model, spec, last_skipped, _cache_block_output(model, spec, last_skipped, batch)))
+        stack.enter_context(hooks(model, post={path: inject}))
+        optimizer = torch.optim.Adam([delta], lr=config.lr)
+        kl_init: Tensor | None = None
+        active = torch.ones(n, dtype=torch.bool, device=device)
+        steps = [config.steps] * n
+        extra = [-1] * n
+        nll = torch.zeros(n, device=device)
+        for step in range(config.steps):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                logits = model(**batch.forward_kwargs()).logits.float()  # [rows, keep, vocab]
+                logprobs = torch.log_softmax(logits, dim=-1)
+                token_lp = logprobs[rewrite_rows].gather(2, batch.target_ids[rewrite_rows, :, None]).squeeze(2)
+                mask = batch.target_mask[rewrite_rows]
+                row_nll = -(token_lp * mask).sum(1) / mask.sum(1)
+                nll = row_nll.reshape(n, t).mean(dim=1)
+                kl_lp = logprobs[kl_rows, -1]  # the bare subject's last token is each KL row's last position
+                if kl_init is None:
+                    kl_init = kl_lp.detach().clone()
+                kl = (kl_init.exp() * (kl_init - kl_lp)).sum(dim=-1)
+                h_norm = captured["h"][: n * t : t].norm(dim=1)
+                decay = config.weight_decay * delta.norm(dim=1) / h_norm**2
+                loss = (nll + config.kl_factor * kl + decay)[active].sum()
+            hits = _argmax_hits(logits[rewrite_rows], batch.target_ids[rewrite_rows], mask).reshape(n, t).all(dim=1)
+            for i in range(n):
+                if not active[i]:
+                    continue
+                done = False
+                if config.mpes:
+                    if extra[i] < 0 and bool(hits[i]):
+                        extra[i] = config.mpes_extra_steps
+                    if extra[i] == 0:
+                        done = True
+                    elif extra[i] > 0:
+                        extra[i] -= 1
+                elif float(nll[i].detach()) < config.loss_stop:
+                    done = True
+                if done:
+                    active[i] = False
+                    steps[i] = step
+            logger.debug("z step %d: nll %s delta %s active %d", step, [round(float(x), 3) for x in nll.detach()], [round(float(x), 3) for x in delta.detach().norm(dim=1)], int(active.sum()))
+            if not bool(active.any()):
+                break
+            loss.backward()
+            frozen = delta.detach()[~active].clone()
+            optimizer.step()
+            with torch.no_grad():
+                delta[~active] = frozen
+                limit = config.clamp_norm_factor * h_norm
+                norms = delta.norm(dim=1)
+                scale = torch.where(norms > limit, limit / norms.clamp_min(1e-12), torch.ones_like(norms))
+                delta.mul_(scale[:, None])
+    h = captured["h"][: n * t : t]
+    z = (h + delta.detach()).T.contiguous()
+    return ZResult(z=z, h=h.T.contiguous(), steps=tuple(steps), final_nll=tuple(float(x) for x in nll.detach()))
+
+
+def _argmax_hits(logits: Tensor, target_ids: Tensor, mask: Tensor) -> Tensor:
+    """Per row: is the target the argmax at every target position?"""
+    match = (logits.argmax(dim=-1) == target_ids) | (mask == 0)
+    return match.all(dim=1)
+
+
+def _site_width(model: PreTrainedModel, spec: ModelSpec, layer: int, site: str) -> int:
+    return int(spec.mlp_out_weight(model, layer).shape[0])

@@ -1,0 +1,99 @@
+"""The contract every registered editor passes on tiny llama and tiny gpt2 (transposed Conv1D) models.
+
+* ``compute_delta`` leaves the model bit-identical;
+* only the declared parameters change when the delta is applied;
+* the delta is finite and has the parameters' shapes;
+* editor state round-trips through ``state_dict`` / ``load_state_dict``;
+* the target's probability rises once the delta is applied.
+
+A new editor needs an entry in ``TINY_OVERRIDES`` (small, fast settings for tiny models).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import editscope.editors  # noqa: F401  (registers every editor)
+from editscope.editors import EDITORS, build_editor
+from editscope.evaluation import score_targets
+from editscope.models import tiny_model
+from editscope.types import EditRequest
+
+# Settings for tiny random models: layers 1-2 of 4, few steps, small statistics.
+_LOCATE = {"context_prefixes": 0, "stats_samples": 40, "stats_seq_len": 32, "z": {"steps": 30, "weight_decay": 1e-3}}
+TINY_OVERRIDES: dict[str, dict] = {
+    "memit": {**_LOCATE, "layers": [1, 2], "mom2_update_weight": 10.0},
+    "emmet": {**_LOCATE, "layers": [1, 2], "mom2_update_weight": 10.0},
+    "alphaedit": {**_LOCATE, "layers": [1, 2], "nullspace_threshold": 5e-2, "alpha": 0.1},
+    "encore": {**_LOCATE, "layers": [1, 2], "mom2_update_weight": 10.0, "norm_weight": 1.0, "z": {"steps": 30, "weight_decay": 1e-3, "mpes": True}},
+    "rome": {**_LOCATE, "layers": [1]},
+    "ft": {"layers": [1, 2], "steps": 20, "lr": 5e-2},
+    "ft-l": {"layers": [1, 2], "steps": 20, "lr": 5e-2, "norm_constraint": 5e-2},
+    "lora": {"layers": [1, 2], "steps": 30, "lr": 5e-2, "rank": 4},
+}
+
+REQUESTS = [
+    EditRequest(id="a", prompt="The capital of {} is", subject="France", target_new="Rome", target_true="Paris"),
+    EditRequest(id="b", prompt="{} plays the sport of", subject="Serena Williams", target_new="golf", target_true="tennis"),
+]
+
+
+def editors() -> list[str]:
+    return EDITORS.names()
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny(request):
+    return tiny_model(request.param, seed=0)
+
+
+def make_editor(name: str):
+    if name not in TINY_OVERRIDES:
+        pytest.fail(f"editor {name!r} has no TINY_OVERRIDES entry in the contract tests")
+    return build_editor(name, TINY_OVERRIDES[name])
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", editors())
+def test_contract(name, tiny):
+    model, tok, _ = tiny
+    editor = make_editor(name)
+    before = _snapshot(model)
+    grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
+    p_before = [s.logprob for s in score_targets(model, tok, [r.text for r in REQUESTS], [r.target_new for r in REQUESTS])]
+
+    delta = editor.compute_delta(model, tok, REQUESTS)
+
+    for n, p in model.state_dict().items():
+        assert torch.equal(p, before[n]), f"compute_delta changed {n}"
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads_before
+    declared = set(editor.edited_parameters(model))
+    assert set(delta.names) <= declared
+    assert delta.is_finite()
+    params = dict(model.named_parameters())
+    for n, d in delta.deltas.items():
+        assert d.shape == params[n].shape and d.dtype == params[n].dtype
+
+    delta.apply_to(model)
+    changed = {n for n, p in model.state_dict().items() if not torch.equal(p, before[n])}
+    assert changed and changed <= declared
+    p_after = [s.logprob for s in score_targets(model, tok, [r.text for r in REQUESTS], [r.target_new for r in REQUESTS])]
+    assert all(a > b for a, b in zip(p_after, p_before)), (p_before, p_after)
+    editor.commit(REQUESTS, delta)
+
+    state = copy.deepcopy(editor.state_dict())
+    fresh = make_editor(name)
+    fresh.load_state_dict(state)
+    restored = fresh.state_dict()
+    assert restored.keys() == state.keys()
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(restored[key], value), key
+        else:
+            assert restored[key] == value, key
