@@ -69,6 +69,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- editors ---------------------------------------------------------------------------------
+def cmd_editors(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from editscope.config import to_dict
+    from editscope.editors import EDITORS
+
+    listing = []
+    for name, cls in EDITORS.items():
+        doc = (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip().splitlines()
+        folder = resources.files("editscope.editors").joinpath("hparams", name)
+        shipped = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()) if folder.is_dir() else []
+        listing.append({"name": name, "summary": doc[0] if doc else "", "defaults": to_dict(cls.config_class()), "shipped_for": shipped})
+    if args.json:
+        _emit_json(listing)
+        return 0
+    print(_table([[e["name"], ", ".join(e["shipped_for"]) or "-", e["summary"][:90]] for e in listing], ["editor", "tuned for", "method"]))
+    return 0
+
+
 # -- data ------------------------------------------------------------------------------------
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     from editscope.data import inspect_dataset
@@ -169,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="supported architectures and bundled model names")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
+
+    editors = sub.add_parser("editors", help="registered editors, their hyperparameters and tuned defaults")
+    editors.add_argument("--json", action="store_true")
+    editors.set_defaults(func=cmd_editors)
 
     data = sub.add_parser("data", help="inspect and annotate edit datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="data-command")

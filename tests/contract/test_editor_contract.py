@@ -23,13 +23,13 @@ from editscope.models import tiny_model
 from editscope.types import EditRequest
 
 # Settings for tiny random models: layers 1-2 of 4, few steps, small statistics.
-_LOCATE = {"context_prefixes": 0, "stats_samples": 40, "stats_seq_len": 32, "z": {"steps": 30, "weight_decay": 1e-3}}
+_LOCATE = {"context_prefixes": 0, "stats_samples": 200, "stats_seq_len": 32, "z": {"steps": 30, "weight_decay": 1e-3}}
 TINY_OVERRIDES: dict[str, dict] = {
     "memit": {**_LOCATE, "layers": [1, 2], "mom2_update_weight": 10.0},
     "emmet": {**_LOCATE, "layers": [1, 2], "mom2_update_weight": 10.0},
-    "alphaedit": {**_LOCATE, "layers": [1, 2], "nullspace_threshold": 5e-2, "alpha": 0.1},
+    "alphaedit": {**_LOCATE, "layers": [1, 2], "nullspace_threshold": 0.1, "alpha": 0.1},
     "encore": {**_LOCATE, "layers": [1, 2], "mom2_update_weight": 10.0, "norm_weight": 1.0, "z": {"steps": 30, "weight_decay": 1e-3, "mpes": True}},
-    "rome": {**_LOCATE, "layers": [1]},
+    "rome": {**_LOCATE, "layers": [2]},
     "ft": {"layers": [1, 2], "steps": 20, "lr": 5e-2},
     "ft-l": {"layers": [1, 2], "steps": 20, "lr": 5e-2, "norm_constraint": 5e-2},
     "lora": {"layers": [1, 2], "steps": 30, "lr": 5e-2, "rank": 4},
@@ -97,3 +97,23 @@ def test_contract(name, tiny):
             assert torch.equal(restored[key], value), key
         else:
             assert restored[key] == value, key
+
+
+@pytest.mark.parametrize("name", editors())
+def test_layer_the_model_lacks_is_a_clear_error(name):
+    model, tok, _ = tiny_model("llama")
+    before = _snapshot(model)
+    editor = build_editor(name, {**TINY_OVERRIDES[name], "layers": [99]})
+    with pytest.raises(ValueError, match="layer 99 does not exist"):
+        editor.compute_delta(model, tok, REQUESTS[:1])
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+
+
+def test_non_finite_update_is_refused_and_model_restored(monkeypatch):
+    model, tok, _ = tiny_model("llama")
+    before = _snapshot(model)
+    editor = build_editor("memit", TINY_OVERRIDES["memit"])
+    monkeypatch.setattr(type(editor), "layer_update", lambda self, layer, r, k: torch.full((r.shape[0], k.shape[0]), float("nan")))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        editor.compute_delta(model, tok, REQUESTS[:1])
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())

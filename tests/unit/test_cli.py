@@ -50,3 +50,12 @@ def test_data_inspect_demo(capsys):
 def test_missing_file_is_an_error_with_exit_code(capsys, tmp_path):
     code, out, _ = run(capsys, "data", "inspect", str(tmp_path / "nope.json"), "--json")
     assert code != 0 and "file not found" in out
+
+
+def test_editors_json_lists_every_method(capsys):
+    code, out, _ = run(capsys, "editors", "--json")
+    listing = {e["name"]: e for e in json.loads(out)}
+    assert code == 0
+    assert {"ft", "ft-l", "lora", "rome", "memit", "emmet", "alphaedit", "encore"} <= set(listing)
+    assert listing["memit"]["defaults"]["mom2_update_weight"] > 0
+    assert "smollm2-135m" in listing["memit"]["shipped_for"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editscope.config import ConfigError
 from editscope.editors.base import register_editor
 from editscope.editors.locate import LocateConfig, LocateEditor
 from editscope.linalg.keys import compute_keys
@@ -40,7 +41,7 @@ class RomeConfig(LocateConfig):
 
     def __post_init__(self) -> None:
         if len(self.layers) != 1:
-            raise ValueError(f"rome edits exactly one layer, got layers={list(self.layers)}")
+            raise ConfigError(f"rome edits exactly one layer, got layers={list(self.layers)}")
 
 
 @register_editor("rome")

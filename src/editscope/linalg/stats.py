@@ -29,6 +29,9 @@ from editscope.storage import atomic_write_bytes, cache_home
 
 logger = logging.getLogger(__name__)
 
+# Bumped whenever what a cache entry means changes (e.g. how texts are cut into samples).
+CACHE_FORMAT = 2
+
 
 @dataclass
 class SecondMoment:
@@ -56,11 +59,22 @@ class SecondMoment:
 def token_chunks(
     tokenizer: PreTrainedTokenizerBase, corpus: TextCorpus, n_samples: int, seq_len: int
 ) -> list[list[int]]:
-    """The first ``n_samples`` documents, tokenized and truncated to ``seq_len`` tokens."""
-    texts = corpus.texts[:n_samples]
-    if len(texts) < n_samples:
-        logger.warning("corpus has %d documents, fewer than the %d asked for", len(texts), n_samples)
-    return [ids[:seq_len] for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"] if ids]
+    """``n_samples`` token windows of at most ``seq_len`` tokens, in corpus order.
+
+    Each document is cut into consecutive windows (a long article gives several samples; windows
+    shorter than a quarter of ``seq_len`` are dropped unless the document is that short).
+    """
+    windows: list[list[int]] = []
+    for text in corpus.texts:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        for start in range(0, len(ids), seq_len):
+            window = ids[start : start + seq_len]
+            if start == 0 or len(window) >= seq_len // 4:
+                windows.append(window)
+            if len(windows) == n_samples:
+                return windows
+    logger.warning("corpus gives %d windows of %d tokens, fewer than the %d asked for", len(windows), seq_len, n_samples)
+    return windows
 
 
 @torch.no_grad()
@@ -71,8 +85,12 @@ def collect_second_moments(
     chunks: Sequence[Sequence[int]],
     *,
     batch_tokens: int = 4096,
+    stop_early: bool = True,
 ) -> dict[int, SecondMoment]:
-    """One pass over ``chunks`` (token id lists) accumulating E[k k^T] at every layer in ``layers``."""
+    """One pass over ``chunks`` (token id lists) accumulating E[k k^T] at every layer in ``layers``.
+
+    With ``stop_early`` the forward pass ends after the deepest layer's projection has read its input.
+    """
     device = next(model.parameters()).device
     paths = {layer: spec.module_path(layer, "mlp_out") for layer in layers}
     d_in = {layer: int(spec.mlp_out_weight(model, layer).shape[1]) for layer in layers}
@@ -90,7 +108,8 @@ def collect_second_moments(
             ids[r, : len(seq)] = torch.tensor(seq)
             mask[r, : len(seq)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        captured = capture_inputs(model, list(paths.values()), paths[max(layers)], input_ids=ids, attention_mask=mask, use_cache=False)
+        stop = paths[max(layers)] if stop_early else None
+        captured = capture_inputs(model, list(paths.values()), stop, input_ids=ids, attention_mask=mask, use_cache=False)
         real = mask.bool()
         for layer, path in paths.items():
             moments[layer].update(captured[path][real])
@@ -101,15 +120,15 @@ def collect_second_moments(
 def collect_second_moments_per_layer(
     model: PreTrainedModel, spec: ModelSpec, layers: Sequence[int], chunks: Sequence[Sequence[int]]
 ) -> dict[int, SecondMoment]:
-    """Reference: one full pass per layer, one text at a time (slow; for tests)."""
+    """Reference: one full, untruncated pass per layer (slow; for tests and benchmarks)."""
     out = {}
     for layer in layers:
-        out.update(collect_second_moments(model, spec, [layer], chunks, batch_tokens=1))
+        out.update(collect_second_moments(model, spec, [layer], chunks, stop_early=False))
     return out
 
 
 def _cache_path(fingerprint: str, param: str, corpus: TextCorpus, n_samples: int, seq_len: int) -> Path:
-    key = f"{param}|{corpus.fingerprint}|{n_samples}|{seq_len}"
+    key = f"{param}|{corpus.fingerprint}|{n_samples}|{seq_len}|{CACHE_FORMAT}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_home() / "stats" / fingerprint / f"{param}.{digest}.safetensors"
 

@@ -51,6 +51,9 @@ class ZConfig:
         loss_stop: stop a request once its mean target NLL is below this, in nats (MEMIT: 5e-2).
         mpes: most-probable early stopping (ENCORE) instead of the loss threshold.
         mpes_extra_steps: steps taken after the MPES condition holds (ENCORE: a few).
+        autocast: dtype name for autocast of the forward/backward passes (``"bfloat16"``: about 3x
+            faster on CPUs with bf16 units, target NLLs within a few hundredths of a nat of float32;
+            ``None``: the model's own precision). delta, the loss and the solves stay float32/64.
     """
 
     steps: int = 25
@@ -61,6 +64,7 @@ class ZConfig:
     loss_stop: float = 5e-2
     mpes: bool = False
     mpes_extra_steps: int = 2
+    autocast: str | None = "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,7 @@ def compute_z(
         nll = torch.zeros(n, device=device)
         for step in range(config.steps):
             optimizer.zero_grad(set_to_none=True)
-            with torch.enable_grad():
+            with torch.enable_grad(), autocast(device, config.autocast):
                 logits = model(**batch.forward_kwargs()).logits.float()  # [rows, keep, vocab]
                 logprobs = torch.log_softmax(logits, dim=-1)
                 token_lp = logprobs[rewrite_rows].gather(2, batch.target_ids[rewrite_rows, :, None]).squeeze(2)
@@ -201,7 +205,7 @@ def compute_z(
                 kl = (kl_init.exp() * (kl_init - kl_lp)).sum(dim=-1)
                 h_norm = captured["h"][: n * t : t].norm(dim=1)
                 decay = config.weight_decay * delta.norm(dim=1) / h_norm**2
-                loss = (nll + config.kl_factor * kl + decay)[active].sum()
+                per_request = nll + config.kl_factor * kl + decay
             hits = _argmax_hits(logits[rewrite_rows], batch.target_ids[rewrite_rows], mask).reshape(n, t).all(dim=1)
             for i in range(n):
                 if not active[i]:
@@ -222,7 +226,8 @@ def compute_z(
             logger.debug("z step %d: nll %s delta %s active %d", step, [round(float(x), 3) for x in nll.detach()], [round(float(x), 3) for x in delta.detach().norm(dim=1)], int(active.sum()))
             if not bool(active.any()):
                 break
-            loss.backward()
+            with torch.enable_grad():
+                per_request[active].sum().backward()
             frozen = delta.detach()[~active].clone()
             optimizer.step()
             with torch.no_grad():
@@ -234,6 +239,13 @@ def compute_z(
     h = captured["h"][: n * t : t]
     z = (h + delta.detach()).T.contiguous()
     return ZResult(z=z, h=h.T.contiguous(), steps=tuple(steps), final_nll=tuple(float(x) for x in nll.detach()))
+
+
+def autocast(device: torch.device, dtype_name: str | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on the model's device type with ``dtype_name``, or a no-op for ``None``."""
+    if dtype_name is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name))
 
 
 def _argmax_hits(logits: Tensor, target_ids: Tensor, mask: Tensor) -> Tensor:

@@ -1,0 +1,145 @@
+"""Editing speed on the bundled model, on this machine, in one run.
+
+Usage: python benchmarks/edit_speed.py [--model smollm2-135m] [--editors memit,...] [--json]
+       [--stats-samples 1000] [--stats-seq-len 256] [--z-batch 16]
+
+JSON keys:
+  model, device, torch_threads
+  editors: {name: {"batch1_s_per_edit", "batch10_s_per_edit", "efficacy_batch10"}}
+      seconds per edit with statistics excluded (C0 computed before timing); ROME's "batch 10" is
+      ten edits one after another; efficacy: P(target_new) > P(target_true) on the edit prompts.
+  stats: {"layers", "texts", "tokens", "seconds", "tokens_per_s"} for the one-pass statistics
+      of the MEMIT layers (no cache);
+  full_forward_tokens_per_s: a plain full forward (all layers and the unembedding) over the same
+      windows, batch of the same shape;
+  z_batched_vs_looped: {"batch", "batched_s", "looped_s", "speedup"} for z* of ``--z-batch``
+      requests at once against one request at a time, same steps (MPES off, fixed steps);
+  peak_rss_mb: peak resident memory of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import time
+
+import torch
+
+from editscope.data import load_requests
+from editscope.data.corpora import load_corpus
+from editscope.editors import build_editor
+from editscope.evaluation import score_targets
+from editscope.linalg.stats import collect_second_moments, token_chunks
+from editscope.linalg.values import ZConfig, compute_z
+from editscope.models import load
+
+
+def efficacy(model, tok, requests) -> float:
+    new = score_targets(model, tok, [r.text for r in requests], [r.target_new for r in requests])
+    true = score_targets(model, tok, [r.text for r in requests], [r.target_true for r in requests])
+    return sum(a.logprob > b.logprob for a, b in zip(new, true)) / len(requests)
+
+
+def time_editor(lm, name, requests, stats_samples, stats_seq_len, model_name):
+    editor = build_editor(name, {"stats_samples": stats_samples, "stats_seq_len": stats_seq_len} if name in LOCATE else {}, model_name=model_name)
+    if hasattr(editor, "prepare"):
+        editor.prepare(lm.model, lm.tokenizer)  # statistics and templates: excluded from timing
+    out = {}
+    for size in (1, 10):
+        batch = requests[:size]
+        start = time.perf_counter()
+        deltas = []
+        if name == "rome":
+            for r in batch:
+                d = editor.compute_delta(lm.model, lm.tokenizer, [r])
+                d.apply_to(lm.model)
+                deltas.append(d)
+        else:
+            d = editor.compute_delta(lm.model, lm.tokenizer, batch)
+            d.apply_to(lm.model)
+            deltas.append(d)
+        out[f"batch{size}_s_per_edit"] = round((time.perf_counter() - start) / size, 3)
+        if size == 10:
+            out["efficacy_batch10"] = efficacy(lm.model, lm.tokenizer, batch)
+        for d in reversed(deltas):
+            d.revert(lm.model)
+    return out
+
+
+LOCATE = {"memit", "emmet", "alphaedit", "encore", "rome"}
+
+
+@torch.no_grad()
+def forward_tokens_per_s(model, chunks, batch_tokens=4096) -> float:
+    start, tokens = time.perf_counter(), 0
+    order = sorted(chunks, key=len, reverse=True)
+    i = 0
+    while i < len(order):
+        width = len(order[i])
+        rows = max(1, batch_tokens // width)
+        group = order[i : i + rows]
+        i += rows
+        ids = torch.zeros((len(group), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, seq in enumerate(group):
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+        tokens += int(mask.sum())
+    return tokens / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--editors", default="memit,emmet,alphaedit,encore,rome,lora,ft,ft-l")
+    parser.add_argument("--stats-samples", type=int, default=1000)
+    parser.add_argument("--stats-seq-len", type=int, default=256)
+    parser.add_argument("--z-batch", type=int, default=16)
+    parser.add_argument("--skip-stats", action="store_true", help="skip the statistics and forward throughput part")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    lm = load(args.model)
+    requests = [r for r in load_requests("demo") if r.meta.get(f"known/{args.model}", {}).get("rank") == 1]
+    result: dict = {"model": args.model, "device": str(next(lm.model.parameters()).device), "torch_threads": torch.get_num_threads()}
+
+    if not args.skip_stats:
+        layers = list(build_editor("memit", model_name=args.model).config.layers)
+        corpus = load_corpus("default")
+        chunks = token_chunks(lm.tokenizer, corpus, args.stats_samples, args.stats_seq_len)
+        tokens = sum(len(c) for c in chunks)
+        start = time.perf_counter()
+        collect_second_moments(lm.model, lm.spec, layers, chunks)
+        seconds = time.perf_counter() - start
+        result["stats"] = {"layers": layers, "texts": len(chunks), "tokens": tokens, "seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds)}
+        result["full_forward_tokens_per_s"] = round(forward_tokens_per_s(lm.model, chunks[: max(8, len(chunks) // 10)]))
+        logging.info("stats %s, full forward %s tok/s", result["stats"], result["full_forward_tokens_per_s"])
+
+    editor = build_editor("memit", {"stats_samples": args.stats_samples, "stats_seq_len": args.stats_seq_len}, model_name=args.model)
+    editor.prepare(lm.model, lm.tokenizer)
+    zcfg = ZConfig(steps=10, loss_stop=0.0)
+    batch = requests[: args.z_batch]
+    layer = max(editor.config.layers)
+    start = time.perf_counter()
+    compute_z(lm.model, lm.tokenizer, lm.spec, layer, batch, editor._templates, zcfg)
+    batched = time.perf_counter() - start
+    start = time.perf_counter()
+    for r in batch:
+        compute_z(lm.model, lm.tokenizer, lm.spec, layer, [r], editor._templates, zcfg)
+    looped = time.perf_counter() - start
+    result["z_batched_vs_looped"] = {"batch": len(batch), "batched_s": round(batched, 2), "looped_s": round(looped, 2), "speedup": round(looped / batched, 2)}
+    logging.info("z* %s", result["z_batched_vs_looped"])
+
+    result["editors"] = {}
+    for name in args.editors.split(","):
+        result["editors"][name] = time_editor(lm, name, requests, args.stats_samples, args.stats_seq_len, args.model)
+        logging.info("%s %s", name, result["editors"][name])
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(result, indent=2) if args.json else result)
+
+
+if __name__ == "__main__":
+    main()
