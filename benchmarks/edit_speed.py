@@ -10,6 +10,8 @@ JSON keys:
       ten edits one after another; efficacy: P(target_new) > P(target_true) on the edit prompts.
   stats: {"layers", "texts", "tokens", "seconds", "tokens_per_s"} for the one-pass statistics
       of the MEMIT layers (no cache);
+  stats_bf16: the same pass with bf16 autocast: {"seconds", "tokens_per_s", "max_rel_fro_diff_vs_fp32"}
+      (the largest relative Frobenius difference of C0 from the float32 pass over the layers);
   full_forward_tokens_per_s: a plain full forward (all layers and the unembedding) over the same
       windows, batch of the same shape;
   z_batched_vs_looped: {"batch", "batched_s", "looped_s", "speedup"} for z* of ``--z-batch``
@@ -47,24 +49,23 @@ def time_editor(lm, name, requests, stats_samples, stats_seq_len, model_name):
     if hasattr(editor, "prepare"):
         editor.prepare(lm.model, lm.tokenizer)  # statistics and templates: excluded from timing
     out = {}
+    names = editor.edited_parameters(lm.model)
+    pristine = {n: p.detach().clone() for n, p in lm.model.named_parameters() if n in names}
     for size in (1, 10):
         batch = requests[:size]
         start = time.perf_counter()
-        deltas = []
         if name == "rome":
             for r in batch:
-                d = editor.compute_delta(lm.model, lm.tokenizer, [r])
-                d.apply_to(lm.model)
-                deltas.append(d)
+                editor.compute_delta(lm.model, lm.tokenizer, [r]).apply_to(lm.model)
         else:
-            d = editor.compute_delta(lm.model, lm.tokenizer, batch)
-            d.apply_to(lm.model)
-            deltas.append(d)
+            editor.compute_delta(lm.model, lm.tokenizer, batch).apply_to(lm.model)
         out[f"batch{size}_s_per_edit"] = round((time.perf_counter() - start) / size, 3)
         if size == 10:
             out["efficacy_batch10"] = efficacy(lm.model, lm.tokenizer, batch)
-        for d in reversed(deltas):
-            d.revert(lm.model)
+        params = dict(lm.model.named_parameters())
+        with torch.no_grad():
+            for n, value in pristine.items():
+                params[n].copy_(value)
     return out
 
 
@@ -112,9 +113,14 @@ def main() -> None:
         chunks = token_chunks(lm.tokenizer, corpus, args.stats_samples, args.stats_seq_len)
         tokens = sum(len(c) for c in chunks)
         start = time.perf_counter()
-        collect_second_moments(lm.model, lm.spec, layers, chunks)
+        fp32 = collect_second_moments(lm.model, lm.spec, layers, chunks)
         seconds = time.perf_counter() - start
         result["stats"] = {"layers": layers, "texts": len(chunks), "tokens": tokens, "seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds)}
+        start = time.perf_counter()
+        bf16 = collect_second_moments(lm.model, lm.spec, layers, chunks, autocast="bfloat16")
+        seconds = time.perf_counter() - start
+        rel = max(float((bf16[l].mean() - fp32[l].mean()).norm() / fp32[l].mean().norm()) for l in layers)
+        result["stats_bf16"] = {"seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds), "max_rel_fro_diff_vs_fp32": rel}
         result["full_forward_tokens_per_s"] = round(forward_tokens_per_s(lm.model, chunks[: max(8, len(chunks) // 10)]))
         logging.info("stats %s, full forward %s tok/s", result["stats"], result["full_forward_tokens_per_s"])
 

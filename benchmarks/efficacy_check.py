@@ -16,6 +16,8 @@ import json
 import logging
 import time
 
+import torch
+
 from editscope.data import load_requests
 from editscope.editors import build_editor
 from editscope.evaluation import score_targets
@@ -35,6 +37,14 @@ def evaluate(model, tok, requests):
     neigh = [(n, r) for r in requests for n in r.neighborhood]
     nb = compare(model, tok, [n.prompt for n, _ in neigh], [n.answer for n, _ in neigh], [r.target_new for _, r in neigh])
     return eff, par, nb
+
+
+def restore(model, pristine) -> None:
+    """Copy saved weights back (bit-exact, unlike subtracting the delta)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in pristine.items():
+            params[name].copy_(value)
 
 
 def main() -> None:
@@ -60,6 +70,7 @@ def main() -> None:
             stats_s = time.perf_counter() - start
         start = time.perf_counter()
         one_at_a_time = name == "rome"
+        pristine = {n: p.detach().clone() for n, p in lm.model.named_parameters() if n in editor.edited_parameters(lm.model)}
         if one_at_a_time:
             deltas = []
             for r in requests:
@@ -75,8 +86,7 @@ def main() -> None:
         total = deltas[0]
         for d in deltas[1:]:
             total = total + d
-        for d in reversed(deltas):
-            d.revert(lm.model)
+        restore(lm.model, pristine)
         results.append({
             "editor": name, "edits": len(requests), "batch_mode": "one-at-a-time" if one_at_a_time else "batch",
             "seconds_per_edit": round(seconds / len(requests), 2), "stats_seconds": round(stats_s, 1),

@@ -6,8 +6,9 @@ names the offending field in its error; loaders add the file and record index.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,8 +166,21 @@ class WeightDelta:
             param.add_(self.deltas[name].to(device=param.device, dtype=param.dtype), alpha=scale)
 
     def revert(self, model: nn.Module) -> None:
-        """Undo :meth:`apply_to` (exact up to floating-point rounding)."""
+        """Undo :meth:`apply_to` up to floating-point rounding; :meth:`applied` restores exactly."""
         self.apply_to(model, scale=-1.0)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """Apply the delta for the duration of the block, then restore the touched weights bit-exactly."""
+        params = dict(model.named_parameters())
+        saved = {name: params[name].detach().clone() for name in self.deltas if name in params}
+        self.apply_to(model)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in saved.items():
+                    params[name].copy_(value)
 
     def __add__(self, other: WeightDelta) -> WeightDelta:
         merged = dict(self.deltas)

@@ -84,3 +84,13 @@ def test_delta_addition_and_norms():
     c = a + b
     assert c.names == ["v", "w"]
     assert c.fro_norms()["w"] == pytest.approx(4.0)
+
+
+def test_applied_restores_bit_exactly(tiny_llama):
+    model, _, spec = tiny_llama
+    name = spec.weight_name(1)
+    before = model.get_parameter(name).detach().clone()
+    delta = WeightDelta({name: torch.randn_like(before) * 1e-3})
+    with delta.applied(model):
+        assert not torch.equal(model.get_parameter(name), before)
+    assert torch.equal(model.get_parameter(name), before)

@@ -46,7 +46,9 @@ class LocateConfig(EditorConfig):
         seed: seed for the prefixes.
         stats_corpus: text for C0 = E[k k^T] (``default``: the bundled Wikipedia sample; see data.corpora).
         stats_samples: documents used for C0 (MEMIT: 100,000 Wikipedia texts).
-        stats_seq_len: tokens per document for C0.
+        stats_seq_len: tokens per sample for C0 (documents are cut into windows of this length).
+        stats_autocast: reduced precision for the statistics' forward pass (``"bfloat16"``), or ``None``
+            for the model's own; the products and sums stay float32/float64.
     """
 
     z: ZConfig = field(default_factory=ZConfig)
@@ -56,6 +58,7 @@ class LocateConfig(EditorConfig):
     stats_corpus: str = "default"
     stats_samples: int = 1000
     stats_seq_len: int = 256
+    stats_autocast: str | None = None
 
 
 class LocateEditor(Editor):
@@ -91,6 +94,7 @@ class LocateEditor(Editor):
             self._c0 = second_moments(
                 model, tokenizer, spec, self.config.layers, corpus,
                 n_samples=self.config.stats_samples, seq_len=self.config.stats_seq_len, fingerprint=self._base_fingerprint,
+                autocast=self.config.stats_autocast,
             )
             self.on_statistics()
         return spec

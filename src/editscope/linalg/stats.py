@@ -25,6 +25,7 @@ from editscope.data.corpora import TextCorpus
 from editscope.models.fingerprint import model_fingerprint
 from editscope.models.hooks import capture_inputs
 from editscope.models.spec import ModelSpec
+from editscope.precision import autocast as autocast_context
 from editscope.storage import atomic_write_bytes, cache_home
 
 logger = logging.getLogger(__name__)
@@ -86,10 +87,13 @@ def collect_second_moments(
     *,
     batch_tokens: int = 4096,
     stop_early: bool = True,
+    autocast: str | None = None,
 ) -> dict[int, SecondMoment]:
     """One pass over ``chunks`` (token id lists) accumulating E[k k^T] at every layer in ``layers``.
 
     With ``stop_early`` the forward pass ends after the deepest layer's projection has read its input.
+    ``autocast`` (e.g. ``"bfloat16"``) runs the forward pass in reduced precision; the products are
+    still float32 and the sums float64.
     """
     device = next(model.parameters()).device
     paths = {layer: spec.module_path(layer, "mlp_out") for layer in layers}
@@ -109,7 +113,8 @@ def collect_second_moments(
             mask[r, : len(seq)] = 1
         ids, mask = ids.to(device), mask.to(device)
         stop = paths[max(layers)] if stop_early else None
-        captured = capture_inputs(model, list(paths.values()), stop, input_ids=ids, attention_mask=mask, use_cache=False)
+        with autocast_context(device, autocast):
+            captured = capture_inputs(model, list(paths.values()), stop, input_ids=ids, attention_mask=mask, use_cache=False)
         real = mask.bool()
         for layer, path in paths.items():
             moments[layer].update(captured[path][real])
@@ -127,8 +132,8 @@ def collect_second_moments_per_layer(
     return out
 
 
-def _cache_path(fingerprint: str, param: str, corpus: TextCorpus, n_samples: int, seq_len: int) -> Path:
-    key = f"{param}|{corpus.fingerprint}|{n_samples}|{seq_len}|{CACHE_FORMAT}"
+def _cache_path(fingerprint: str, param: str, corpus: TextCorpus, n_samples: int, seq_len: int, autocast: str | None) -> Path:
+    key = f"{param}|{corpus.fingerprint}|{n_samples}|{seq_len}|{CACHE_FORMAT}|{autocast or 'model-dtype'}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_home() / "stats" / fingerprint / f"{param}.{digest}.safetensors"
 
@@ -165,6 +170,7 @@ def second_moments(
     seq_len: int,
     use_cache: bool = True,
     fingerprint: str | None = None,
+    autocast: str | None = None,
 ) -> dict[int, Tensor]:
     """C0 per layer (``Float64[Tensor, "d_mlp d_mlp"]``), from the disk cache where possible.
 
@@ -176,7 +182,7 @@ def second_moments(
     result: dict[int, Tensor] = {}
     missing = []
     for layer in layers:
-        path = _cache_path(fingerprint, spec.weight_name(layer), corpus, n_samples, seq_len)
+        path = _cache_path(fingerprint, spec.weight_name(layer), corpus, n_samples, seq_len, autocast)
         cached = _read_cached(path) if use_cache else None
         if cached is None:
             missing.append(layer)
@@ -185,10 +191,10 @@ def second_moments(
     if missing:
         logger.info("computing second moments for layers %s over %d texts x %d tokens", missing, n_samples, seq_len)
         chunks = token_chunks(tokenizer, corpus, n_samples, seq_len)
-        moments = collect_second_moments(model, spec, missing, chunks)
+        moments = collect_second_moments(model, spec, missing, chunks, autocast=autocast)
         for layer, moment in moments.items():
             if use_cache:
-                info = {"param": spec.weight_name(layer), "corpus": corpus.metadata, "n_samples": n_samples, "seq_len": seq_len, "model": fingerprint}
-                _write_cached(_cache_path(fingerprint, spec.weight_name(layer), corpus, n_samples, seq_len), moment, info)
+                info = {"param": spec.weight_name(layer), "corpus": corpus.metadata, "n_samples": n_samples, "seq_len": seq_len, "model": fingerprint, "autocast": autocast}
+                _write_cached(_cache_path(fingerprint, spec.weight_name(layer), corpus, n_samples, seq_len, autocast), moment, info)
             result[layer] = moment.mean()
     return result

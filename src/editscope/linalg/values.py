@@ -33,6 +33,7 @@ from editscope.linalg.keys import contextual_prompts
 from editscope.linalg.positions import PositionedBatch, positioned_batch
 from editscope.models.hooks import gather_rows, hooks, output_hidden, replace_hidden
 from editscope.models.spec import ModelSpec
+from editscope.precision import autocast
 from editscope.types import EditRequest
 
 logger = logging.getLogger(__name__)
@@ -239,13 +240,6 @@ def compute_z(
     h = captured["h"][: n * t : t]
     z = (h + delta.detach()).T.contiguous()
     return ZResult(z=z, h=h.T.contiguous(), steps=tuple(steps), final_nll=tuple(float(x) for x in nll.detach()))
-
-
-def autocast(device: torch.device, dtype_name: str | None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` on the model's device type with ``dtype_name``, or a no-op for ``None``."""
-    if dtype_name is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name))
 
 
 def _argmax_hits(logits: Tensor, target_ids: Tensor, mask: Tensor) -> Tensor:
