@@ -28,3 +28,15 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def tiny_gpt2():
     return tiny_model("gpt2")
+
+
+@pytest.fixture(scope="session")
+def _throwaway_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("editscope-home")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_home(request, monkeypatch, _throwaway_home):
+    """Tiny models' statistics go to a throwaway cache; real-model tests use the user's cache."""
+    if "integration" not in request.node.path.parts:
+        monkeypatch.setenv("EDITSCOPE_HOME", str(_throwaway_home))

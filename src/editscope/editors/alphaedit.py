@@ -8,16 +8,13 @@ all earlier edits' keys, accumulated in the editor's state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
 from editscope.editors.base import register_editor
 from editscope.editors.locate import LocateConfig, LocateEditor, SequentialGramMixin
 from editscope.linalg.updates import alphaedit_update, null_space_projector
-from editscope.types import EditRequest, WeightDelta
 
 
 @dataclass(frozen=True)
@@ -38,23 +35,9 @@ class AlphaEdit(SequentialGramMixin, LocateEditor):
     config_class = AlphaEditConfig
     config: AlphaEditConfig
 
-    def __init__(self, config: AlphaEditConfig | None = None) -> None:
-        super().__init__(config)
-        self._init_gram()
-
     def on_statistics(self) -> None:
         self._projector = {layer: null_space_projector(c0, self.config.nullspace_threshold) for layer, c0 in self._c0.items()}
 
     def layer_update(self, layer: int, r: Tensor, k: Tensor) -> Tensor:
         p = self._projector[layer].to(k.device)
         return alphaedit_update(r, k, p, self.prev_gram(layer, k.shape[0], k), self.config.alpha)
-
-    def commit(self, requests: Sequence[EditRequest], delta: WeightDelta) -> None:
-        SequentialGramMixin.commit(self, requests, delta)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**LocateEditor.state_dict(self), **self.gram_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        LocateEditor.load_state_dict(self, state)
-        self.load_gram_state(state)

@@ -8,9 +8,7 @@ the minimizer of lambda_p||dW K0||^2 + ||dW Kp||^2 + ||(W + dW) K - Z||^2 + lamb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import Tensor
 
@@ -18,7 +16,6 @@ from editscope.editors.base import register_editor
 from editscope.editors.locate import LocateConfig, LocateEditor, SequentialGramMixin
 from editscope.linalg.updates import encore_update
 from editscope.linalg.values import ZConfig
-from editscope.types import EditRequest, WeightDelta
 
 
 @dataclass(frozen=True)
@@ -41,22 +38,8 @@ class Encore(SequentialGramMixin, LocateEditor):
     config_class = EncoreConfig
     config: EncoreConfig
 
-    def __init__(self, config: EncoreConfig | None = None) -> None:
-        super().__init__(config)
-        self._init_gram()
-
     def layer_update(self, layer: int, r: Tensor, k: Tensor) -> Tensor:
         return encore_update(
             r, k, self._c0[layer].to(k.device), self.prev_gram(layer, k.shape[0], k),
             self.config.mom2_update_weight, self.config.norm_weight,
         )
-
-    def commit(self, requests: Sequence[EditRequest], delta: WeightDelta) -> None:
-        SequentialGramMixin.commit(self, requests, delta)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**LocateEditor.state_dict(self), **self.gram_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        LocateEditor.load_state_dict(self, state)
-        self.load_gram_state(state)

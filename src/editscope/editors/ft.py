@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +125,35 @@ def _restoring(params: dict[str, torch.nn.Parameter]) -> Iterator[dict[str, Tens
                 p.grad = grads[name]
 
 
+def minimize_target_nll(
+    model: PreTrainedModel,
+    batch: TargetBatch,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    stop_loss: float | None,
+    name: str,
+    after_step: Callable[[], None] | None = None,
+) -> float:
+    """Run ``optimizer`` on the batch's mean target NLL for up to ``steps`` steps; return the last NLL.
+
+    Stops early once the NLL is below ``stop_loss``; ``after_step`` runs after every update (e.g. a clamp).
+    """
+    loss_value = float("nan")
+    for step in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = target_nll(model, batch)
+        loss_value = loss.item()
+        log.debug("%s step %d/%d: target NLL %.4f", name, step + 1, steps, loss_value)
+        if stop_loss is not None and loss_value < stop_loss:
+            log.debug("%s: target NLL below stop_loss %.3g, stopping", name, stop_loss)
+            break
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+    return loss_value
+
+
 @register_editor("ft")
 class FTEditor(Editor):
     """Fine-tune the MLP output projections of ``config.layers`` on the target NLL (optionally L-inf constrained)."""
@@ -141,17 +170,9 @@ class FTEditor(Editor):
         batch = request_batch(model, tokenizer, requests)
         with torch.enable_grad(), trainable(model, names) as params, _restoring(params) as originals:
             optimizer = torch.optim.Adam(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            for step in range(cfg.steps):
-                optimizer.zero_grad(set_to_none=True)
-                loss = target_nll(model, batch)
-                log.debug("%s step %d/%d: target NLL %.4f", self.name, step + 1, cfg.steps, loss.item())
-                if cfg.stop_loss is not None and loss.item() < cfg.stop_loss:
-                    log.debug("%s: target NLL below stop_loss %.3g, stopping", self.name, cfg.stop_loss)
-                    break
-                loss.backward()
-                optimizer.step()
-                if cfg.norm_constraint is not None:
-                    self._clamp(params, originals, cfg.norm_constraint)
+            bound = cfg.norm_constraint
+            after_step = (lambda: self._clamp(params, originals, bound)) if bound is not None else None
+            minimize_target_nll(model, batch, optimizer, cfg.steps, cfg.stop_loss, self.name, after_step)
             optimizer.zero_grad(set_to_none=True)
             deltas = {name: (p.detach() - originals[name]) for name, p in params.items()}
         return WeightDelta(deltas)

@@ -149,11 +149,15 @@ class LocateEditor(Editor):
 
 
 class SequentialGramMixin:
-    """Keeps Kp Kp^T per layer: the Gram matrix of every committed edit's keys (AlphaEdit, ENCORE)."""
+    """Keeps Kp Kp^T per layer, the Gram matrix of every committed edit's keys (AlphaEdit, ENCORE).
+
+    Put it before :class:`LocateEditor` in the bases; it extends ``commit`` and the state.
+    """
 
     _pending: dict[int, Tensor]
 
-    def _init_gram(self) -> None:
+    def __init__(self, config: LocateConfig | None = None) -> None:
+        super().__init__(config)  # type: ignore[call-arg]
         self._gram: dict[int, Tensor] = {}
 
     def prev_gram(self, layer: int, d_in: int, like: Tensor) -> Tensor:
@@ -165,8 +169,9 @@ class SequentialGramMixin:
             self._gram[layer] = self.prev_gram(layer, keys.shape[0], keys) + keys @ keys.T
         self._pending = {}
 
-    def gram_state(self) -> dict[str, Any]:
-        return {f"gram.{layer}": g.cpu() for layer, g in self._gram.items()}
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **{f"gram.{layer}": g.cpu() for layer, g in self._gram.items()}}  # type: ignore[misc]
 
-    def load_gram_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict({k: v for k, v in state.items() if not k.startswith("gram.")})  # type: ignore[misc]
         self._gram = {int(k.split(".", 1)[1]): v.clone() for k, v in state.items() if k.startswith("gram.")}

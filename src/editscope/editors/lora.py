@@ -11,7 +11,6 @@ modules back, so the model is exactly as before.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -23,11 +22,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.config import ConfigError
 from editscope.editors.base import Editor, EditorConfig, register_editor, trainable
-from editscope.editors.ft import request_batch, target_nll
+from editscope.editors.ft import minimize_target_nll, request_batch
 from editscope.models.spec import ModelSpec
 from editscope.types import EditRequest, WeightDelta
 
-log = logging.getLogger(__name__)
 
 ADAPTER = "editscope"
 """Name of the temporary peft adapter."""
@@ -142,14 +140,6 @@ class LoRAEditor(Editor):
                     raise RuntimeError(f"peft did not wrap {path} (got {type(layer).__name__})")
             params = [p for layer in layers.values() for p in layer.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            for step in range(cfg.steps):
-                optimizer.zero_grad(set_to_none=True)
-                loss = target_nll(tuner.model, batch)
-                log.debug("%s step %d/%d: target NLL %.4f", self.name, step + 1, cfg.steps, loss.item())
-                if cfg.stop_loss is not None and loss.item() < cfg.stop_loss:
-                    log.debug("%s: target NLL below stop_loss %.3g, stopping", self.name, cfg.stop_loss)
-                    break
-                loss.backward()
-                optimizer.step()
+            minimize_target_nll(tuner.model, batch, optimizer, cfg.steps, cfg.stop_loss, self.name)
             deltas = {paths[path]: lora_delta(layer, spec) for path, layer in layers.items()}
         return WeightDelta(deltas)
