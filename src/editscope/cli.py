@@ -78,7 +78,7 @@ def cmd_editors(args: argparse.Namespace) -> int:
 
     listing = []
     for name, cls in EDITORS.items():
-        doc = (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip().splitlines()
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
         folder = resources.files("editscope.editors").joinpath("hparams", name)
         shipped = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()) if folder.is_dir() else []
         listing.append({"name": name, "summary": doc[0] if doc else "", "defaults": to_dict(cls.config_class()), "shipped_for": shipped})

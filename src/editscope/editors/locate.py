@@ -66,9 +66,11 @@ class LocateEditor(Editor):
 
     config_class = LocateConfig
     config: LocateConfig
+    needs_c0 = True  # whether layer_update reads C0 (all methods here do)
 
     def __init__(self, config: LocateConfig | None = None) -> None:
         super().__init__(config)
+        self.last_info: dict[str, float] = {}
         self._templates: tuple[str, ...] | None = None
         self._base_fingerprint: str | None = None
         self._c0: dict[int, Tensor] = {}
@@ -98,8 +100,6 @@ class LocateEditor(Editor):
             )
             self.on_statistics()
         return spec
-
-    needs_c0 = True
 
     def on_statistics(self) -> None:
         """Hook after C0 is known (e.g. factorize it once)."""

@@ -170,7 +170,8 @@ def compute_z(
     last_skipped = layer if site == "residual" else layer - 1
 
     captured: dict[str, Tensor] = {}
-    delta = torch.zeros((n, _site_width(model, spec, layer, site)), device=device, dtype=torch.float32, requires_grad=True)
+    d_model = int(spec.mlp_out_weight(model, layer).shape[0])  # both sites are d_model wide
+    delta = torch.zeros((n, d_model), device=device, dtype=torch.float32, requires_grad=True)
 
     def inject(module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
         hidden = output_hidden(output)
@@ -246,7 +247,3 @@ def _argmax_hits(logits: Tensor, target_ids: Tensor, mask: Tensor) -> Tensor:
     """Per row: is the target the argmax at every target position?"""
     match = (logits.argmax(dim=-1) == target_ids) | (mask == 0)
     return match.all(dim=1)
-
-
-def _site_width(model: PreTrainedModel, spec: ModelSpec, layer: int, site: str) -> int:
-    return int(spec.mlp_out_weight(model, layer).shape[0])
