@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from importlib import resources
 import subprocess
 import sys
+from importlib import resources
 
 import pytest
 

@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.errors import DataError
+from editscope.precision import seeded
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +131,7 @@ def sample_from_model(
     device = next(model.parameters()).device
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     prompt = torch.full((n_texts, 1), start, dtype=torch.long, device=device)
-    accelerator = device.type != "cpu"
-    with torch.random.fork_rng(devices=[device] if accelerator else [], device_type=device.type if accelerator else "cuda"):
-        torch.manual_seed(seed)
+    with seeded(device, seed):
         out = model.generate(
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),

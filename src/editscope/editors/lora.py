@@ -24,8 +24,8 @@ from editscope.config import ConfigError
 from editscope.editors.base import Editor, EditorConfig, register_editor, trainable
 from editscope.editors.ft import minimize_target_nll, request_batch
 from editscope.models.spec import ModelSpec
+from editscope.precision import seeded
 from editscope.types import EditRequest, WeightDelta
-
 
 ADAPTER = "editscope"
 """Name of the temporary peft adapter."""
@@ -97,11 +97,7 @@ def attached_lora(model: PreTrainedModel, config: LoraConfig, seed: int) -> Iter
     The adapter's initialization draws from a forked RNG seeded with ``seed``. On exit the original
     modules are put back (``unload``) and ``model.peft_config`` is gone.
     """
-    device = model.get_input_embeddings().weight.device
-    fork_devices = [device] if device.type not in ("cpu", "meta") else []
-    device_type = device.type if fork_devices else "cuda"
-    with torch.random.fork_rng(devices=fork_devices, device_type=device_type):
-        torch.manual_seed(seed)
+    with seeded(model.get_input_embeddings().weight.device, seed):
         tuner = LoraModel(model, config, ADAPTER)
     try:
         yield tuner

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from editscope.linalg.positions import positioned_batch
 from editscope.models.hooks import StopForward, capture_inputs, gather_rows, hooks, output_hidden
 from editscope.models.spec import ModelSpec
+from editscope.precision import seeded
 from editscope.types import EditRequest
 
 PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You")
@@ -33,8 +34,7 @@ def context_templates(
     if n_prefixes <= 0:
         return tuple(templates)
     device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(device, seed):
         for i in range(n_prefixes):
             start = tokenizer(PREFIX_SEEDS[i % len(PREFIX_SEEDS)], return_tensors="pt", add_special_tokens=True)
             out = model.generate(
