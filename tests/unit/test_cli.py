@@ -1,8 +1,9 @@
 import copy
 import json
 
-from editscope.cli import main
 from tests.conftest import shared_data
+
+from editscope.cli import main
 
 
 def run(capsys, *argv):

@@ -1,9 +1,9 @@
 import pytest
+from tests.conftest import shared_data
 
 from editscope.data.corpora import load_corpus, parse_paragraphs, parse_wikiextractor
 from editscope.errors import DataError
 from editscope.models import tiny_model
-from tests.conftest import shared_data
 
 WIKI = """<doc id="1" url="?curid=1" title="Alpha">
 Alpha

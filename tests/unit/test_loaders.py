@@ -2,12 +2,12 @@ import copy
 import json
 
 import pytest
+from tests.conftest import shared_data
 
 from editscope.data import inspect_dataset, load_requests
 from editscope.data.loaders import detect_format
 from editscope.errors import DataError
 from editscope.types import EditRequest, NeighborhoodPrompt
-from tests.conftest import shared_data
 
 CASES = [
     ("counterfact/counterfact_500.json", "counterfact", 500, 500),

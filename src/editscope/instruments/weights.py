@@ -1,0 +1,117 @@
+"""Weight norms of one matrix type in every layer, edited or not.
+
+Keys (``<param>`` is the parameter name, ``<part>`` the spec part, e.g. ``mlp_out``):
+  ``weight/<param>/fro``        ||W||_F
+  ``weight/<param>/delta_fro``  ||W - W0||_F against the unedited model
+  ``weight/<param>/spectral``   largest singular value (power iteration warm-started from the
+                                previous checkpoint's singular vector; exact SVD at the baseline)
+  ``weight/<part>/balance``     mean ||W||_F of the edited layers over that of the unedited layers
+  ``weight/<part>/edited_fro_mean``, ``weight/<part>/unedited_fro_mean``, ``weight/<part>/unedited_max_rel_change``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editscope.instruments.base import Instrument, register_instrument
+from editscope.models.spec import spec_for_config
+
+
+@dataclass(frozen=True)
+class WeightNormsConfig:
+    """What the weight-norm instrument watches.
+
+    Attributes:
+        part: the spec part whose weight is measured in every layer (``mlp_out`` for locate-and-edit).
+        edited_layers: layers the editor changes (for the balance figure).
+        spectral: also track the largest singular value.
+        power_iters: power-iteration steps per checkpoint (warm-started; relative tolerance 1e-7).
+    """
+
+    part: str = "mlp_out"
+    edited_layers: tuple[int, ...] = ()
+    spectral: bool = True
+    power_iters: int = 30
+
+
+def spectral_norm(w: Tensor, v: Tensor, iters: int, tol: float = 1e-7) -> tuple[float, Tensor]:
+    """Largest singular value of ``w`` ([out, in]) by power iteration from right vector ``v`` ([in])."""
+    sigma = 0.0
+    for _ in range(iters):
+        u = w @ v
+        u = u / u.norm().clamp_min(1e-30)
+        v = w.T @ u
+        new_sigma = float(v.norm())
+        v = v / max(new_sigma, 1e-30)
+        if abs(new_sigma - sigma) <= tol * new_sigma:
+            sigma = new_sigma
+            break
+        sigma = new_sigma
+    return sigma, v
+
+
+@register_instrument("weights")
+class WeightNorms(Instrument):
+    """Frobenius, spectral and drift norms of one matrix type across layers, plus the balance figure."""
+
+    def __init__(self, config: WeightNormsConfig | None = None) -> None:
+        self.config = config or WeightNormsConfig()
+        self._w0: dict[str, Tensor] = {}
+        self._v: dict[str, Tensor] = {}
+
+    def _matrices(self, model: PreTrainedModel) -> dict[int, tuple[str, Tensor]]:
+        spec = spec_for_config(model.config)
+        out = {}
+        for layer in range(spec.num_layers(model)):
+            name = spec.weight_name(layer, self.config.part)
+            out[layer] = (name, spec.as_out_in(model.get_parameter(name).detach()))
+        return out
+
+    @torch.no_grad()
+    def baseline(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        for _, (name, w) in self._matrices(model).items():
+            self._w0[name] = w.float().clone()
+            if self.config.spectral:
+                _, _, vh = torch.linalg.svd(w.float(), full_matrices=False)
+                self._v[name] = vh[0].clone()
+
+    @torch.no_grad()
+    def measure(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        if not self._w0:
+            raise RuntimeError("weights: baseline() must run on the unedited model first")
+        metrics: dict[str, float] = {}
+        edited, unedited, drift = [], [], []
+        for layer, (name, w) in self._matrices(model).items():
+            w = w.float()
+            fro = float(torch.linalg.vector_norm(w))
+            delta = float(torch.linalg.vector_norm(w - self._w0[name]))
+            metrics[f"weight/{name}/fro"] = fro
+            metrics[f"weight/{name}/delta_fro"] = delta
+            if self.config.spectral:
+                sigma, self._v[name] = spectral_norm(w, self._v[name], self.config.power_iters)
+                metrics[f"weight/{name}/spectral"] = sigma
+            if layer in self.config.edited_layers:
+                edited.append(fro)
+            else:
+                unedited.append(fro)
+                drift.append(delta / max(float(torch.linalg.vector_norm(self._w0[name])), 1e-30))
+        part = self.config.part
+        if edited and unedited:
+            metrics[f"weight/{part}/edited_fro_mean"] = sum(edited) / len(edited)
+            metrics[f"weight/{part}/unedited_fro_mean"] = sum(unedited) / len(unedited)
+            metrics[f"weight/{part}/balance"] = metrics[f"weight/{part}/edited_fro_mean"] / metrics[f"weight/{part}/unedited_fro_mean"]
+        if drift:
+            metrics[f"weight/{part}/unedited_max_rel_change"] = max(drift)
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**{f"w0.{k}": v for k, v in self._w0.items()}, **{f"v.{k}": v for k, v in self._v.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._w0 = {k[3:]: v.clone() for k, v in state.items() if k.startswith("w0.")}
+        self._v = {k[2:]: v.clone() for k, v in state.items() if k.startswith("v.")}
