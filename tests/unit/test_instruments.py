@@ -52,3 +52,62 @@ def test_state_round_trip_and_baseline_required():
     other = WeightNorms(WeightNormsConfig(edited_layers=(1,)))
     other.load_state_dict(instrument.state_dict())
     assert other.measure(model, tok) == pytest.approx(instrument.measure(model, tok), rel=1e-6)
+
+
+# -- activations and subspace -----------------------------------------------------------------
+import math  # noqa: E402
+
+from editscope.instruments.activations import SubspaceConfig, linear_cka, mean_cosine, principal_angles  # noqa: E402
+from editscope.instruments.probe import ProbeConfig  # noqa: E402
+
+SMALL = dict(n_texts=4, seq_len=32)
+
+
+def test_principal_angles_and_cka_on_known_cases():
+    e = torch.eye(4, dtype=torch.float64)
+    u0 = e[:, :1]
+    u1 = ((e[:, 0] + e[:, 1]) / math.sqrt(2))[:, None]
+    assert math.degrees(float(principal_angles(u0, u1)[0])) == pytest.approx(45.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    q = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64)).Q
+    assert linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0)  # invariant to rotation and isotropic scale
+    assert linear_cka(x, torch.randn(200, 6, generator=g, dtype=torch.float64)) < 0.2
+    assert mean_cosine(x, 2.0 * x) == pytest.approx(1.0)
+
+
+def test_activation_norms_match_hidden_states():
+    model, tok, spec = tiny_model("llama")
+    instrument = INSTRUMENTS.get("activations")(ProbeConfig(**SMALL))
+    metrics = instrument.measure(model, tok)
+    rows = []
+    with torch.no_grad():
+        for window in instrument.windows(tok):
+            hidden = model(input_ids=torch.tensor([window]), output_hidden_states=True).hidden_states
+            rows.append(hidden[2][0, 1:])  # block 1's output, the first token skipped
+    expected = float(torch.cat(rows).norm(dim=1).mean())
+    assert metrics["act/layers.1.resid/norm"] == pytest.approx(expected, rel=1e-5)
+    assert 0 < metrics["act/layers.2.mlp_out/share"]
+    assert {f"act/layers.{i}.{s}/norm" for i in range(4) for s in ("resid", "attn_out", "mlp_out")} <= set(metrics)
+
+
+def test_subspace_shift_is_zero_unedited_and_starts_at_the_edited_layer():
+    model, tok, spec = tiny_model("llama")
+    instrument = INSTRUMENTS.get("subspace")(SubspaceConfig(**SMALL, k=4))
+    instrument.baseline(model, tok)
+    same = instrument.measure(model, tok)
+    assert same["subspace/layers.3.resid/cka"] == pytest.approx(1.0)
+    assert same["subspace/layers.3.resid/angle_mean"] == pytest.approx(0.0, abs=1e-3)
+    g = torch.Generator().manual_seed(0)
+    w = model.get_parameter(spec.weight_name(2))
+    delta = WeightDelta({spec.weight_name(2): torch.randn(w.shape, generator=g) * 0.5})
+    with delta.applied(model):
+        moved = instrument.measure(model, tok)
+    assert moved["subspace/layers.1.resid/cka"] == pytest.approx(1.0)  # below the edit: untouched
+    assert moved["subspace/layers.1.resid/angle_mean"] == pytest.approx(0.0, abs=1e-3)
+    assert moved["subspace/layers.2.resid/cka"] < 0.999
+    assert moved["subspace/layers.2.resid/angle_mean"] > 1.0
+    assert moved["subspace/layers.3.resid/cosine"] < 1.0
+    other = INSTRUMENTS.get("subspace")(SubspaceConfig(**SMALL, k=4))
+    other.load_state_dict(instrument.state_dict())
+    assert other.measure(model, tok) == pytest.approx(same, abs=1e-6)

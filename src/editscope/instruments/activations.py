@@ -1,0 +1,127 @@
+"""Activation norms and subspace shift against the unedited model, on a fixed probe text set.
+
+``activations`` keys: ``act/layers.<i>.<site>/norm`` (mean L2 norm of the activation vectors) and
+``act/layers.<i>.<site>/share`` (that norm over the same layer's residual-stream norm).
+
+``subspace`` keys, per residual site, edited activations X1 against the unedited X0 (same tokens):
+  ``angle_mean`` mean principal angle (degrees) between the top-k PCA subspaces;
+  ``overlap``    ||U0^T U1||_F^2 / k (1: same subspace, ~k/d: unrelated);
+  ``cka``        linear CKA (Kornblith et al. 2019) of the centered activations;
+  ``cosine``     mean cosine between paired activation vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editscope.instruments.base import Instrument, register_instrument
+from editscope.instruments.probe import ProbeConfig, collect, probe_tokens
+from editscope.models.spec import spec_for_config
+
+
+def pca_basis(x: Tensor, k: int) -> Tensor:
+    """Orthonormal top-``k`` principal directions of the centered rows of ``x`` ([tokens, d]): [d, k]."""
+    centered = x - x.mean(dim=0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centered.double(), full_matrices=False)
+    return vh[:k].T
+
+
+def principal_angles(u0: Tensor, u1: Tensor) -> Tensor:
+    """Principal angles (radians) between the column spaces of orthonormal ``u0`` and ``u1``."""
+    cosines = torch.linalg.svdvals(u0.T @ u1).clamp(-1.0, 1.0)
+    return torch.arccos(cosines)
+
+
+def linear_cka(x0: Tensor, x1: Tensor) -> float:
+    """Linear CKA of two activation matrices over the same rows (Kornblith et al. 2019, eq. 5)."""
+    a = (x0 - x0.mean(dim=0, keepdim=True)).double()
+    b = (x1 - x1.mean(dim=0, keepdim=True)).double()
+    cross = torch.linalg.matrix_norm(b.T @ a) ** 2
+    return float(cross / (torch.linalg.matrix_norm(a.T @ a) * torch.linalg.matrix_norm(b.T @ b)))
+
+
+def mean_cosine(x0: Tensor, x1: Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(x0.double(), x1.double(), dim=1).mean())
+
+
+class _ProbeInstrument(Instrument):
+    def __init__(self, config: ProbeConfig | None = None) -> None:
+        self.config = config or ProbeConfig()
+        self._windows: list[list[int]] | None = None
+
+    def windows(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+        if self._windows is None:
+            self._windows = probe_tokens(tokenizer, self.config)
+        return self._windows
+
+    def activations(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Tensor]:
+        return collect(model, spec_for_config(model.config), self.windows(tokenizer), self.config)
+
+
+@register_instrument("activations")
+class ActivationNorms(_ProbeInstrument):
+    """Mean activation norms at every layer and site, and each sub-module's share of the residual norm."""
+
+    def measure(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        acts = self.activations(model, tokenizer)
+        metrics = {f"act/{key}/norm": float(x.norm(dim=1).mean()) for key, x in acts.items()}
+        for key in acts:
+            layer, site = key.rsplit(".", 1)
+            resid = metrics.get(f"act/{layer}.resid/norm")
+            if site != "resid" and resid:
+                metrics[f"act/{key}/share"] = metrics[f"act/{key}/norm"] / resid
+        return metrics
+
+
+@dataclass(frozen=True)
+class SubspaceConfig(ProbeConfig):
+    """Probe set plus the PCA subspace size.
+
+    Attributes:
+        k: number of principal directions compared (top-k PCA subspace).
+    """
+
+    k: int = 16
+    sites: tuple[str, ...] = field(default=("resid",))
+
+
+@register_instrument("subspace")
+class SubspaceShift(_ProbeInstrument):
+    """How far activations move from the unedited model's: principal angles, overlap, CKA, cosine."""
+
+    def __init__(self, config: SubspaceConfig | None = None) -> None:
+        super().__init__(config or SubspaceConfig())
+        self._x0: dict[str, Tensor] = {}
+        self._u0: dict[str, Tensor] = {}
+
+    def baseline(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self._x0 = {key: x.cpu() for key, x in self.activations(model, tokenizer).items()}
+        self._u0 = {key: pca_basis(x, self.config.k) for key, x in self._x0.items()}
+
+    def measure(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        if not self._x0:
+            raise RuntimeError("subspace: baseline() must run on the unedited model first")
+        metrics: dict[str, float] = {}
+        for key, x1 in self.activations(model, tokenizer).items():
+            x1 = x1.cpu()
+            x0, u0 = self._x0[key], self._u0[key]
+            u1 = pca_basis(x1, self.config.k)
+            angles = principal_angles(u0, u1)
+            metrics[f"subspace/{key}/angle_mean"] = math.degrees(float(angles.mean()))
+            metrics[f"subspace/{key}/overlap"] = float(torch.linalg.matrix_norm(u0.T @ u1) ** 2) / u0.shape[1]
+            metrics[f"subspace/{key}/cka"] = linear_cka(x0, x1)
+            metrics[f"subspace/{key}/cosine"] = mean_cosine(x0, x1)
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f"x0.{k}": v for k, v in self._x0.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._x0 = {k[3:]: v.clone() for k, v in state.items() if k.startswith("x0.")}
+        self._u0 = {key: pca_basis(x, self.config.k) for key, x in self._x0.items()}
