@@ -31,45 +31,36 @@ import torch
 
 from editscope.data import load_requests
 from editscope.data.corpora import load_corpus
-from editscope.editors import build_editor
-from editscope.evaluation import score_targets
+from editscope.editors import EDITORS, build_editor
+from editscope.editors.locate import LocateEditor
+from editscope.evaluation.edit_metrics import efficacy
 from editscope.linalg.stats import collect_second_moments, token_chunks
 from editscope.linalg.values import ZConfig, compute_z
 from editscope.models import load
+from editscope.types import preserved
 
 
-def efficacy(model, tok, requests) -> float:
-    new = score_targets(model, tok, [r.text for r in requests], [r.target_new for r in requests])
-    true = score_targets(model, tok, [r.text for r in requests], [r.target_true for r in requests])
-    return sum(a.logprob > b.logprob for a, b in zip(new, true)) / len(requests)
-
+def is_locate(name: str) -> bool:
+    """Editors that read second-moment statistics (their sample count is a benchmark option)."""
+    return issubclass(EDITORS.get(name), LocateEditor)
 
 def time_editor(lm, name, requests, stats_samples, stats_seq_len, model_name):
-    editor = build_editor(name, {"stats_samples": stats_samples, "stats_seq_len": stats_seq_len} if name in LOCATE else {}, model_name=model_name)
+    editor = build_editor(name, {"stats_samples": stats_samples, "stats_seq_len": stats_seq_len} if is_locate(name) else {}, model_name=model_name)
     if hasattr(editor, "prepare"):
         editor.prepare(lm.model, lm.tokenizer)  # statistics and templates: excluded from timing
     out = {}
-    names = editor.edited_parameters(lm.model)
-    pristine = {n: p.detach().clone() for n, p in lm.model.named_parameters() if n in names}
     for size in (1, 10):
         batch = requests[:size]
-        start = time.perf_counter()
-        if name == "rome":
-            for r in batch:
-                editor.compute_delta(lm.model, lm.tokenizer, [r]).apply_to(lm.model)
-        else:
-            editor.compute_delta(lm.model, lm.tokenizer, batch).apply_to(lm.model)
-        out[f"batch{size}_s_per_edit"] = round((time.perf_counter() - start) / size, 3)
-        if size == 10:
-            out["efficacy_batch10"] = efficacy(lm.model, lm.tokenizer, batch)
-        params = dict(lm.model.named_parameters())
-        with torch.no_grad():
-            for n, value in pristine.items():
-                params[n].copy_(value)
+        with preserved(lm.model, editor.edited_parameters(lm.model)):
+            start = time.perf_counter()
+            for chunk in ([[r] for r in batch] if name == "rome" else [batch]):
+                editor.compute_delta(lm.model, lm.tokenizer, chunk).apply_to(lm.model)
+            out[f"batch{size}_s_per_edit"] = round((time.perf_counter() - start) / size, 3)
+            if size == 10:
+                out["efficacy_batch10"] = efficacy(lm.model, lm.tokenizer, batch)
     return out
 
 
-LOCATE = {"memit", "emmet", "alphaedit", "encore", "rome"}
 
 
 @torch.no_grad()

@@ -54,6 +54,15 @@ class Registry(Generic[T]):
 
         return wrap
 
+    def register_class(self, name: str) -> Callable[[T], T]:
+        """Class decorator that also sets the class attribute ``name`` (used in its messages)."""
+
+        def wrap(cls: T) -> T:
+            cls.name = name  # type: ignore[attr-defined]
+            return self.add(name, cls)
+
+        return wrap
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

@@ -121,6 +121,24 @@ class EditRequest:
         }
 
 
+@contextlib.contextmanager
+def preserved(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Save the named parameters (values and gradients); restore them bit-exactly on exit, whatever happens.
+
+    Yields the saved values by name (the originals, for computing ``final - original``).
+    """
+    params = dict(model.named_parameters())
+    saved = {name: params[name].detach().clone() for name in names}
+    grads = {name: params[name].grad for name in saved}
+    try:
+        yield saved
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+                params[name].grad = grads[name]
+
+
 @dataclass(frozen=True)
 class WeightDelta:
     """Additive updates to named parameters, in each parameter's own storage layout.
@@ -172,15 +190,9 @@ class WeightDelta:
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
         """Apply the delta for the duration of the block, then restore the touched weights bit-exactly."""
-        params = dict(model.named_parameters())
-        saved = {name: params[name].detach().clone() for name in self.deltas if name in params}
-        self.apply_to(model)
-        try:
+        with preserved(model, self._check_against(model)):
+            self.apply_to(model)
             yield
-        finally:
-            with torch.no_grad():
-                for name, value in saved.items():
-                    params[name].copy_(value)
 
     def __add__(self, other: WeightDelta) -> WeightDelta:
         merged = dict(self.deltas)

@@ -35,12 +35,7 @@ EDITORS: Registry[type[Editor]] = Registry("editor")
 
 def register_editor(name: str):
     """Class decorator: register an :class:`Editor` subclass under ``name``."""
-
-    def wrap(cls: type[Editor]) -> type[Editor]:
-        cls.name = name
-        return EDITORS.add(name, cls)
-
-    return wrap
+    return EDITORS.register_class(name)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,8 @@ originals back, so the model is bit-identical afterwards (the Editor contract).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from editscope.config import ConfigError
 from editscope.editors.base import Editor, EditorConfig, register_editor, trainable
 from editscope.evaluation.scoring import TargetBatch, target_batch
-from editscope.types import EditRequest, WeightDelta
+from editscope.types import EditRequest, WeightDelta, preserved
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +110,6 @@ def request_batch(
     return target_batch(tokenizer, [r.text for r in requests], [r.target_new for r in requests], device)
 
 
-@contextlib.contextmanager
-def _restoring(params: dict[str, torch.nn.Parameter]) -> Iterator[dict[str, Tensor]]:
-    """Save clones of ``params`` (values and gradients) and copy them back on exit, whatever happens."""
-    saved = {name: p.detach().clone() for name, p in params.items()}
-    grads = {name: p.grad for name, p in params.items()}
-    try:
-        yield saved
-    finally:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(saved[name])
-                p.grad = grads[name]
-
-
 def minimize_target_nll(
     model: PreTrainedModel,
     batch: TargetBatch,
@@ -168,7 +153,7 @@ class FTEditor(Editor):
         cfg = self.config
         names = self.edited_parameters(model)
         batch = request_batch(model, tokenizer, requests)
-        with torch.enable_grad(), trainable(model, names) as params, _restoring(params) as originals:
+        with torch.enable_grad(), trainable(model, names) as params, preserved(model, names) as originals:
             optimizer = torch.optim.Adam(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
             bound = cfg.norm_constraint
             after_step = (lambda: self._clamp(params, originals, bound)) if bound is not None else None

@@ -30,7 +30,7 @@ from editscope.linalg.stats import second_moments
 from editscope.linalg.values import ZConfig, compute_z
 from editscope.models.fingerprint import model_fingerprint
 from editscope.models.spec import ModelSpec
-from editscope.types import EditRequest, WeightDelta
+from editscope.types import EditRequest, WeightDelta, preserved
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +113,9 @@ class LocateEditor(Editor):
         start = time.perf_counter()
         zres = compute_z(model, tokenizer, spec, layers[-1], requests, self._templates, self.config.z, site="residual")
         z_s = time.perf_counter() - start
-        originals = {layer: model.get_parameter(spec.weight_name(layer)).detach().clone() for layer in layers}
         deltas: dict[int, Tensor] = {}
         self._pending = {}
-        try:
+        with preserved(model, [spec.weight_name(layer) for layer in layers]):
             for i, layer in enumerate(layers):
                 keys = compute_keys(model, tokenizer, spec, [layer], requests, self._templates)[layer]
                 current = compute_site_values(model, tokenizer, spec, layers[-1], requests)
@@ -130,10 +129,6 @@ class LocateEditor(Editor):
                     param.add_(stored)
                 deltas[layer] = stored
                 self._pending[layer] = keys.double()
-        finally:
-            with torch.no_grad():
-                for layer, original in originals.items():
-                    model.get_parameter(spec.weight_name(layer)).copy_(original)
         logger.debug("%s: %d requests, z* %.1f s (steps %s), total %.1f s", self.name, len(requests), z_s, zres.steps, time.perf_counter() - start)
         self.last_info = {"z_seconds": z_s, "z_steps_mean": sum(zres.steps) / len(zres.steps), "seconds": time.perf_counter() - start}
         return WeightDelta({spec.weight_name(layer): d for layer, d in deltas.items()})

@@ -24,7 +24,7 @@ from editscope.editors.locate import LocateConfig, LocateEditor
 from editscope.linalg.keys import compute_keys
 from editscope.linalg.updates import rome_rank_one
 from editscope.linalg.values import ZConfig, compute_z
-from editscope.types import EditRequest, WeightDelta
+from editscope.types import EditRequest, WeightDelta, preserved
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,9 @@ class Rome(LocateEditor):
         layer = self.config.layers[0]
         name = spec.weight_name(layer)
         param = model.get_parameter(name)
-        original = param.detach().clone()
         c0 = self._c0[layer]
         self.last_vectors: list[tuple[torch.Tensor, torch.Tensor]] = []
-        try:
+        with preserved(model, [name]) as originals:
             for request in requests:
                 k = compute_keys(model, tokenizer, spec, [layer], [request], self._templates)[layer][:, 0]
                 v = compute_z(model, tokenizer, spec, layer, [request], self._templates, self.config.z, site="mlp_out").z[:, 0]
@@ -74,8 +73,5 @@ class Rome(LocateEditor):
                 with torch.no_grad():
                     param.add_(spec.to_stored(update).to(param.dtype))
                 self.last_vectors.append((k, v))
-            delta = (param.detach() - original).clone()
-        finally:
-            with torch.no_grad():
-                param.copy_(original)
+            delta = param.detach() - originals[name]
         return WeightDelta({name: delta})

@@ -76,7 +76,8 @@ def left_padded_batch(
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id used for padding: the pad token, else EOS, else 0."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if candidate is not None:
             return int(candidate)
@@ -122,13 +123,20 @@ def target_batch(
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
     keep = max(len(t) for _, t in pairs)
-    ids, mask, positions = left_padded_batch([p + t[:-1] for p, t in pairs], _pad_id(tokenizer), device)
-    target_ids = torch.zeros((len(pairs), keep), dtype=torch.long)
-    target_mask = torch.zeros((len(pairs), keep))
-    for row, (_, t) in enumerate(pairs):
-        target_ids[row, keep - len(t) :] = torch.tensor(t)
-        target_mask[row, keep - len(t) :] = 1.0
-    return TargetBatch(ids, mask, positions, target_ids.to(device), target_mask.to(device), keep)
+    ids, mask, positions = left_padded_batch([p + t[:-1] for p, t in pairs], pad_id(tokenizer), device)
+    target_ids, target_mask = right_aligned([t for _, t in pairs], keep, device)
+    return TargetBatch(ids, mask, positions, target_ids, target_mask, keep)
+
+
+def right_aligned(targets: Sequence[Sequence[int]], keep: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Targets right-aligned in ``keep`` columns (the last ``keep`` positions predict them): ids and a 0/1 mask."""
+    target_ids = torch.zeros((len(targets), keep), dtype=torch.long)
+    target_mask = torch.zeros((len(targets), keep))
+    for row, t in enumerate(targets):
+        if t:
+            target_ids[row, keep - len(t) :] = torch.tensor(list(t))
+            target_mask[row, keep - len(t) :] = 1.0
+    return target_ids.to(device), target_mask.to(device)
 
 
 @torch.no_grad()

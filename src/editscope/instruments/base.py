@@ -18,12 +18,7 @@ INSTRUMENTS: Registry[type[Instrument]] = Registry("instrument")
 
 def register_instrument(name: str):
     """Class decorator: register an :class:`Instrument` subclass under ``name``."""
-
-    def wrap(cls: type[Instrument]) -> type[Instrument]:
-        cls.name = name
-        return INSTRUMENTS.add(name, cls)
-
-    return wrap
+    return INSTRUMENTS.register_class(name)
 
 
 class Instrument(ABC):

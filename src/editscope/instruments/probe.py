@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.data.corpora import load_corpus
 from editscope.linalg.stats import token_chunks
-from editscope.models.hooks import hooks, output_hidden
+from editscope.models.hooks import capture_outputs, output_hidden
 from editscope.models.spec import ModelSpec
 
 SITES = ("resid", "attn_out", "mlp_out")
@@ -63,19 +63,11 @@ def collect(
     keep = mask.bool().clone()
     keep[:, : config.skip_first_tokens] = False
     keep = keep.to(device)
-    captured: dict[str, Tensor] = {}
-
-    def make(key: str):
-        def grab(module: nn.Module, args, kwargs, output) -> None:
-            captured[key] = output_hidden(output).detach()[keep].float()
-
-        return grab
-
-    post = {}
-    for layer in range(spec.num_layers(model)):
-        for site, path in site_modules(spec, layer).items():
-            if site in config.sites:
-                post[path] = make(f"layers.{layer}.{site}")
-    with hooks(model, post=post):
-        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-    return captured
+    paths = {
+        f"layers.{layer}.{site}": path
+        for layer in range(spec.num_layers(model))
+        for site, path in site_modules(spec, layer).items()
+        if site in config.sites
+    }
+    outputs = capture_outputs(model, list(paths.values()), None, input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    return {key: output_hidden(outputs[path])[keep].float() for key, path in paths.items()}

@@ -13,7 +13,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.linalg.positions import positioned_batch
-from editscope.models.hooks import StopForward, capture_inputs, gather_rows, hooks, output_hidden
+from editscope.models.hooks import capture_inputs, capture_outputs, gather_rows, output_hidden
 from editscope.models.spec import ModelSpec
 from editscope.precision import seeded
 from editscope.types import EditRequest
@@ -107,15 +107,9 @@ def compute_site_values(
     device = next(model.parameters()).device
     prompts, ends = contextual_prompts(requests, ("{}",))
     batch = positioned_batch(tokenizer, prompts, ends, [None] * len(prompts), device)
-    captured: dict[str, Tensor] = {}
-
-    def grab(module, args, kwargs, output):
-        captured["out"] = output_hidden(output).detach()
-        raise StopForward
-
-    with hooks(model, post={spec.layer_path(layer): grab}):
-        try:
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
-        except StopForward:
-            pass
-    return gather_rows(captured["out"], batch.position).float().T.contiguous()
+    path = spec.layer_path(layer)
+    outputs = capture_outputs(
+        model, [path], path,
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False,
+    )
+    return gather_rows(output_hidden(outputs[path]), batch.position).float().T.contiguous()

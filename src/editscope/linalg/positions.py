@@ -10,7 +10,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from editscope.errors import RequestError
-from editscope.evaluation.scoring import encode_pair, left_padded_batch
+from editscope.evaluation.scoring import encode_pair, left_padded_batch, pad_id, right_aligned
 
 
 def last_token_of_span(tokenizer: PreTrainedTokenizerBase, text: str, char_end: int) -> tuple[list[int], int]:
@@ -76,15 +76,9 @@ def positioned_batch(
             rows.append(prompt_ids + target_ids[:-1])
             row_targets.append(target_ids)
         where.append(index)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    ids, mask, positions = left_padded_batch(rows, int(pad), device)
+    ids, mask, positions = left_padded_batch(rows, pad_id(tokenizer), device)
     width = ids.shape[1]
     position = torch.tensor([width - len(row) + index for row, index in zip(rows, where)], device=device)
     keep = max([len(t) for t in row_targets] + [1])
-    target_ids = torch.zeros((len(rows), keep), dtype=torch.long)
-    target_mask = torch.zeros((len(rows), keep))
-    for r, t in enumerate(row_targets):
-        if t:
-            target_ids[r, keep - len(t) :] = torch.tensor(t)
-            target_mask[r, keep - len(t) :] = 1.0
-    return PositionedBatch(ids, mask, positions, position, target_ids.to(device), target_mask.to(device), keep)
+    target_ids, target_mask = right_aligned(row_targets, keep, device)
+    return PositionedBatch(ids, mask, positions, position, target_ids, target_mask, keep)

@@ -153,8 +153,9 @@ def _read_cached(path: Path) -> SecondMoment | None:
 
 
 def _write_cached(path: Path, moment: SecondMoment, info: dict[str, object]) -> None:
-    data = save({"sum": moment.sum.cpu().contiguous()})
-    digest = hashlib.sha256(moment.sum.cpu().contiguous().numpy().tobytes()).hexdigest()
+    total = moment.sum.cpu().contiguous()
+    data = save({"sum": total})
+    digest = hashlib.sha256(total.numpy().tobytes()).hexdigest()
     atomic_write_bytes(path.with_suffix(".json"), json.dumps({**info, "count": moment.count, "sha256": digest}, indent=2).encode())
     atomic_write_bytes(path, data)
 

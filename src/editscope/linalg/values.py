@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.linalg.keys import contextual_prompts
 from editscope.linalg.positions import PositionedBatch, positioned_batch
-from editscope.models.hooks import gather_rows, hooks, output_hidden, replace_hidden
+from editscope.models.hooks import capture_outputs, gather_rows, hooks, output_hidden, replace_hidden
 from editscope.models.spec import ModelSpec
 from editscope.precision import autocast
 from editscope.types import EditRequest
@@ -121,22 +121,8 @@ def replay_lower_blocks(model: PreTrainedModel, spec: ModelSpec, last_skipped: i
 
 
 def _cache_block_output(model: PreTrainedModel, spec: ModelSpec, layer: int, batch: PositionedBatch) -> Any:
-    cached: dict[str, Any] = {}
-
-    def grab(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-        cached["out"] = output
-        raise _Stop
-
-    with torch.no_grad(), hooks(model, post={spec.layer_path(layer): grab}):
-        try:
-            model(**batch.forward_kwargs())
-        except _Stop:
-            pass
-    return cached["out"]
-
-
-class _Stop(Exception):
-    pass
+    path = spec.layer_path(layer)
+    return capture_outputs(model, [path], path, **batch.forward_kwargs())[path]
 
 
 def compute_z(

@@ -75,6 +75,21 @@ def capture_inputs(
     return captured
 
 
+def capture_outputs(model: nn.Module, paths: list[str], stop_after: str | None, **inputs: Any) -> dict[str, Any]:
+    """The raw output of each module in ``paths`` (tensor or tuple; see :func:`output_hidden`) for one pass."""
+    captured: dict[str, Any] = {}
+
+    def make(path: str) -> Callable:
+        def grab(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            captured[path] = output
+
+        return grab
+
+    with torch.no_grad(), hooks(model, post={p: make(p) for p in paths}):
+        run_until(model, stop_after, **inputs)
+    return captured
+
+
 def gather_rows(hidden: Tensor, positions: Tensor) -> Tensor:
     """``hidden[i, positions[i]]`` for every row: [batch, pos, d] x [batch] -> [batch, d]."""
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
