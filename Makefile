@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml requirements/pins.txt requirements/bundled.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/bundled.txt
 	touch $(STAMP)
 
+# Few-shot GLUE/MMLU task files for the downstream columns of the demo, where a copy exists.
+DOWNSTREAM_DIR ?= $(firstword $(wildcard ../shared/data/knowledge_editing_glue_eval/jsonl))
+
 demo: $(STAMP)
-	$(BIN)/editscope demo $(ARGS)
+	$(BIN)/editscope demo $(if $(DOWNSTREAM_DIR),--downstream-dir $(DOWNSTREAM_DIR)) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

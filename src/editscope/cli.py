@@ -149,8 +149,8 @@ def cmd_data_rank(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- demo ------------------------------------------------------------------------------------
-def cmd_demo(args: argparse.Namespace) -> int:
+# -- predict ---------------------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace) -> int:
     from editscope.data import load_requests
     from editscope.evaluation.knowledge import probe_knowledge
     from editscope.models import load
@@ -176,6 +176,118 @@ def cmd_demo(args: argparse.Namespace) -> int:
     known = sum(k.known for k in knowledge)
     print(f"\nKnown (true object ranked 1): {known}/{len(knowledge)}. "
           f"The counterfactual edit targets are what the editors will write in.")
+    return 0
+
+
+# -- run -------------------------------------------------------------------------------------
+def _assignments(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise EditscopeError(f"{flag} {item!r}: expected key=value")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {
+        "model": args.model, "editor": args.editor, "data": args.data, "edits": args.edits,
+        "batch_size": args.batch_size, "every": args.every, "log_points": args.log_points,
+        "seed": args.seed, "out": str(args.out) if args.out else None,
+    }
+    if args.instruments:
+        overrides["instruments"] = [x for x in args.instruments.split(",") if x]
+    if args.hp:
+        overrides["editor_config"] = _assignments(args.hp, "--hp")
+    if args.inst:
+        overrides["instrument_config"] = _assignments(args.inst, "--inst")
+    if args.downstream_dir is not None:
+        from editscope.runs import DEFAULT_INSTRUMENTS
+
+        overrides["instruments"] = [*overrides.get("instruments", DEFAULT_INSTRUMENTS), "downstream"]
+        overrides.setdefault("instrument_config", {}).setdefault("downstream", {})["data_dir"] = str(args.downstream_dir)
+    return overrides
+
+
+def _progress_bar(total: int, label: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="edit", dynamic_ncols=True, disable=None)
+
+    def update(done: int, _total: int, metrics: dict[str, float]) -> None:
+        bar.update(done - bar.n)
+        shown = {k.split("/", 1)[1]: f"{v:.2f}" for k, v in metrics.items() if k in ("edit/efficacy", "edit/score")}
+        if shown:
+            bar.set_postfix(shown, refresh=False)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from editscope.runs import RunStore, execute, load_run_config
+
+    if args.resume is not None:
+        saved = RunStore(args.resume).saved_config()
+        if saved is None:
+            raise EditscopeError(f"--resume {args.resume}: no config.yaml there, nothing to resume")
+        given = {k: v for k, v in _run_overrides(args).items() if v is not None and k != "out"}
+        if given or args.config:
+            raise EditscopeError(f"--resume continues the saved config of {args.resume}; drop {', '.join(given) or '--config'}")
+        config = saved
+    else:
+        config = load_run_config(args.config, _run_overrides(args))
+    summary = execute(config, resume=args.resume is not None, overwrite=args.overwrite, progress=_progress_bar(config.edits, config.editor))
+    print(f"{summary.folder}: {summary.edits} edits, {summary.records} checkpoints in metrics.jsonl")
+    final = summary.final_metrics
+    for key in ("edit/efficacy", "edit/score", "weight/mlp_out/balance", "weight/mlp_out/edited_fro_mean"):
+        if key in final:
+            print(f"  {key} = {final[key]:.4f}")
+    return 0
+
+
+# -- demo study ------------------------------------------------------------------------------
+def _summary_table(rows: list[dict[str, Any]]) -> str:
+    from editscope.runs.summary import COLUMNS, format_value
+
+    keys = [k for k in COLUMNS if any(k in row for row in rows)]
+    return _table([[row["run"], *(format_value(row.get(k, math.nan)) for k in keys)] for row in rows], ["run", *(COLUMNS[k] for k in keys)])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from editscope.runs import execute
+    from editscope.runs.study import StudyConfig, study_runs
+    from editscope.runs.summary import summarize_run
+
+    edits = args.edits or (20 if args.quick else 100)
+    study = StudyConfig(
+        editors=tuple(e for e in args.editors.split(",") if e), model=args.model, edits=edits, batch_size=args.batch_size,
+        every=args.every or max(edits // 2, 1), seed=args.seed, out=str(args.out),
+        downstream_dir=str(args.downstream_dir) if args.downstream_dir else None, quick=args.quick,
+    )
+    configs = study_runs(study)  # every run is validated before the first starts
+    start = time.perf_counter()
+    for config in configs:
+        print(f"{config.editor}: {config.edits} edits of {config.data} on {config.model} -> {config.out}", flush=True)
+        execute(config, overwrite=args.overwrite, progress=_progress_bar(config.edits, config.editor))
+    rows = [summarize_run(config.out) for config in configs]
+    if args.json:
+        _emit_json(rows)
+        return 0
+    print(f"\nStudy finished in {time.perf_counter() - start:.0f} s; first checkpoint against the last:\n")
+    print(_summary_table(rows))
+    if study.downstream_dir is None:
+        print("\n(downstream ability not measured: pass --downstream-dir with the GLUE/MMLU task files)")
+    print(f"\nRun folders: {', '.join(c.out for c in configs)}")
     return 0
 
 
@@ -212,10 +324,43 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--json", action="store_true")
     rank.set_defaults(func=cmd_data_rank)
 
-    demo = sub.add_parser("demo", help="load the bundled model and show what it predicts for demo facts")
+    run = sub.add_parser("run", help="sequential editing with instruments into a run folder (resumable)")
+    run.add_argument("--config", type=Path, default=None, help="YAML run config; flags override its values")
+    run.add_argument("--model", default=None, help="bundled name, HF folder or hub id (default smollm2-135m)")
+    run.add_argument("--editor", default=None, help="editor name (see `editscope editors`)")
+    run.add_argument("--data", default=None, help="edit dataset file, or 'demo'")
+    run.add_argument("--edits", type=int, default=None, help="number of edits")
+    run.add_argument("--batch-size", type=int, default=None, help="requests per editor call")
+    run.add_argument("--every", type=int, default=None, help="checkpoint every N edits")
+    run.add_argument("--log-points", type=int, default=None, help="N log-spaced checkpoints instead of --every")
+    run.add_argument("--seed", type=int, default=None, help="dataset ordering seed")
+    run.add_argument("--out", type=Path, default=None, help="run folder")
+    run.add_argument("--instruments", default=None, help="comma-separated instrument names")
+    run.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="editor hyperparameter (dotted for nested, e.g. z.steps=20)")
+    run.add_argument("--inst", action="append", default=[], metavar="NAME.KEY=VALUE", help="instrument setting, e.g. downstream.data_dir=DIR")
+    run.add_argument("--downstream-dir", type=Path, default=None, metavar="DIR", help="add few-shot GLUE/MMLU evaluation from the task files in DIR")
+    run.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing run folder with a different config")
+    run.set_defaults(func=cmd_run)
+
+    predict = sub.add_parser("predict", help="load a model and show what it predicts for demo facts")
+    predict.add_argument("--model", default="smollm2-135m")
+    predict.add_argument("--limit", type=int, default=20)
+    predict.add_argument("--seed", type=int, default=0)
+    predict.set_defaults(func=cmd_predict)
+
+    demo = sub.add_parser("demo", help="the study that shows the phenomenon: MEMIT against ENCORE, sequential edits, summary table")
+    demo.add_argument("--editors", default="memit,encore", help="comma-separated editors compared")
     demo.add_argument("--model", default="smollm2-135m")
-    demo.add_argument("--limit", type=int, default=20)
+    demo.add_argument("--edits", type=int, default=None, help="edits per run (default 100; --quick 20)")
+    demo.add_argument("--batch-size", type=int, default=10)
+    demo.add_argument("--every", type=int, default=None, help="checkpoint interval (default: half the edits)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")
+    demo.add_argument("--downstream-dir", type=Path, default=None, metavar="DIR", help="few-shot GLUE/MMLU task files (adds downstream ability)")
+    demo.add_argument("--quick", action="store_true", help="smoke check: 20 edits, smaller instrument settings")
+    demo.add_argument("--overwrite", action="store_true", help="replace run folders made with other settings")
+    demo.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     demo.set_defaults(func=cmd_demo)
     return parser
 

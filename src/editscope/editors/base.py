@@ -3,6 +3,9 @@
 A subclass implements one method, :meth:`Editor.compute_delta`. Everything else is an optional
 hook with a default (peft's ``BaseTuner`` style):
 
+* :meth:`Editor.prepare` -- called by the run on the unedited model before the first batch (also
+  when a run resumes): what belongs to the unedited model (statistics, context templates) is
+  resolved here;
 * :meth:`Editor.edited_parameters` -- the parameter names this editor may change (contract tests
   check that nothing else changes);
 * :meth:`Editor.commit` -- called by the run after it applied the delta of a batch; sequential
@@ -68,6 +71,10 @@ class Editor(ABC):
         """The update that writes ``requests`` into ``model``; the model itself is left unchanged."""
 
     # -- optional hooks ------------------------------------------------------------------
+    def prepare(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Any:
+        """Resolve what belongs to the unedited ``model`` (called by the run before any edit). Default: nothing."""
+        return None
+
     def edited_parameters(self, model: PreTrainedModel) -> list[str]:
         """Names of the parameters this editor may change: by default the MLP output weights of ``layers``."""
         spec = self.spec(model)

@@ -27,6 +27,8 @@ class TargetScore:
         first_rank: 1-based rank of the target's first token among the vocabulary (1 = argmax).
         greedy: whether every target token is the argmax given the tokens before it.
         n_tokens: number of target tokens.
+        n_correct: how many target tokens are the argmax given the tokens before them (teacher
+            forcing; zsRE's token-level top-1 accuracy is ``n_correct / n_tokens``).
     """
 
     logprob: float
@@ -34,6 +36,7 @@ class TargetScore:
     first_rank: int
     greedy: bool
     n_tokens: int
+    n_correct: int = 0
 
     @property
     def prob(self) -> float:
@@ -167,8 +170,8 @@ def score_targets(
             target = batch.target_ids[row, real]
             first_logit = steps[0, target[0]]
             rank = int((steps[0] > first_logit).sum()) + 1
-            greedy = bool((steps.argmax(dim=-1) == target).all())
+            hits = steps.argmax(dim=-1) == target
             total = float(token_lp[row].sum())
             n = int(real.sum())
-            results[i] = TargetScore(total, total / n, rank, greedy, n)
+            results[i] = TargetScore(total, total / n, rank, bool(hits.all()), n, int(hits.sum()))
     return [r for r in results if r is not None]

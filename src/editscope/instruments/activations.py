@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,6 +50,8 @@ def mean_cosine(x0: Tensor, x1: Tensor) -> float:
 
 
 class _ProbeInstrument(Instrument):
+    config_class = ProbeConfig
+
     def __init__(self, config: ProbeConfig | None = None) -> None:
         self.config = config or ProbeConfig()
         self._windows: list[list[int]] | None = None
@@ -95,6 +96,8 @@ class SubspaceConfig(ProbeConfig):
 class SubspaceShift(_ProbeInstrument):
     """How far activations move from the unedited model's: principal angles, overlap, CKA, cosine."""
 
+    config_class = SubspaceConfig
+
     def __init__(self, config: SubspaceConfig | None = None) -> None:
         super().__init__(config or SubspaceConfig())
         self._x0: dict[str, Tensor] = {}
@@ -119,9 +122,3 @@ class SubspaceShift(_ProbeInstrument):
             metrics[f"subspace/{key}/cosine"] = mean_cosine(x0, x1)
         return metrics
 
-    def state_dict(self) -> dict[str, Any]:
-        return {f"x0.{k}": v for k, v in self._x0.items()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._x0 = {k[3:]: v.clone() for k, v in state.items() if k.startswith("x0.")}
-        self._u0 = {key: pca_basis(x, self.config.k) for key, x in self._x0.items()}

@@ -11,6 +11,7 @@ Keys (``<param>`` is the parameter name, ``<part>`` the spec part, e.g. ``mlp_ou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,8 @@ class WeightNormsConfig:
 
     Attributes:
         part: the spec part whose weight is measured in every layer (``mlp_out`` for locate-and-edit).
-        edited_layers: layers the editor changes (for the balance figure).
+        edited_layers: layers the editor changes (for the balance figure); empty: the layers whose
+            matrix the run's editor changes (see ``Instrument.watch``).
         spectral: also track the largest singular value.
         power_iters: power-iteration steps per checkpoint (warm-started; relative tolerance 1e-7).
     """
@@ -59,10 +61,16 @@ def spectral_norm(w: Tensor, v: Tensor, iters: int, tol: float = 1e-7) -> tuple[
 class WeightNorms(Instrument):
     """Frobenius, spectral and drift norms of one matrix type across layers, plus the balance figure."""
 
+    config_class = WeightNormsConfig
+
     def __init__(self, config: WeightNormsConfig | None = None) -> None:
         self.config = config or WeightNormsConfig()
         self._w0: dict[str, Tensor] = {}
         self._v: dict[str, Tensor] = {}
+        self._watched: set[str] = set()
+
+    def watch(self, parameters: Sequence[str]) -> None:
+        self._watched = set(parameters)
 
     def _matrices(self, model: PreTrainedModel) -> dict[int, tuple[str, Tensor]]:
         spec = spec_for_config(model.config)
@@ -95,7 +103,7 @@ class WeightNorms(Instrument):
             if self.config.spectral:
                 sigma, self._v[name] = spectral_norm(w, self._v[name], self.config.power_iters)
                 metrics[f"weight/{name}/spectral"] = sigma
-            if layer in self.config.edited_layers:
+            if layer in self.config.edited_layers or name in self._watched:
                 edited.append(fro)
             else:
                 unedited.append(fro)
@@ -110,8 +118,11 @@ class WeightNorms(Instrument):
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {**{f"w0.{k}": v for k, v in self._w0.items()}, **{f"v.{k}": v for k, v in self._v.items()}}
+        """The power iteration's warm starts (W0 itself is recomputed by ``baseline``)."""
+        return {f"v.{k}": v for k, v in self._v.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._w0 = {k[3:]: v.clone() for k, v in state.items() if k.startswith("w0.")}
-        self._v = {k[2:]: v.clone() for k, v in state.items() if k.startswith("v.")}
+        unknown = [k for k in state if not k.startswith("v.")]
+        if unknown:
+            raise ValueError(f"weights: unexpected state keys {unknown[:3]}")
+        self._v.update({k[2:]: v.clone() for k, v in state.items()})

@@ -1,0 +1,7 @@
+"""``python -m editscope``: the same as the ``editscope`` command."""
+
+import sys
+
+from editscope.cli import main
+
+sys.exit(main())

@@ -1,0 +1,202 @@
+"""The run folder (DESIGN.md): ``config.yaml``, ``metrics.jsonl`` and ``state/``.
+
+Every write is atomic. ``metrics.jsonl`` is replaced as a whole (old lines + the new one) through
+a temporary file, so a reader never sees a torn line written by this code; a torn or foreign line
+left by something else is skipped with a warning. ``state/`` is written as a new folder that
+replaces the old one, after the checkpoint's metrics line: on resume, metric lines past the saved
+state (the run died between the two writes) are dropped and measured again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from editscope.config import ConfigError, from_dict, to_dict
+from editscope.runs.config import RunConfig
+from editscope.storage import atomic_directory, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+STATE = "state"
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """A checkpoint's state: progress, cumulative deltas, editor and instrument state."""
+
+    progress: dict[str, Any]
+    deltas: dict[str, torch.Tensor]
+    editor: dict[str, Any]
+    instruments: dict[str, dict[str, Any]]
+    rng: torch.Tensor
+
+    @property
+    def edits(self) -> int:
+        return int(self.progress["edits"])
+
+
+def split_state(state: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors (for safetensors, keys prefixed) and the JSON-able rest of a ``state_dict``."""
+    tensors, plain = {}, {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            tensors[prefix + key] = value.detach().cpu().contiguous()
+        else:
+            plain[key] = value
+    return tensors, plain
+
+
+def join_state(tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Inverse of :func:`split_state` for the keys under ``prefix``."""
+    joined = dict(plain)
+    joined.update({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return joined
+
+
+class RunStore:
+    """Reads and writes one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # -- setup ---------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Create the folder and prove it is writable (before any model is loaded)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"output folder {self.path}: not writable ({exc.strerror or exc})") from None
+
+    def saved_config(self) -> RunConfig | None:
+        path = self.path / CONFIG
+        if not path.is_file():
+            return None
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data.pop("digest", None)
+        data.pop("resolved", None)
+        return from_dict(RunConfig, data, where=str(path))
+
+    def begin(self, config: RunConfig, *, resume: bool, overwrite: bool, resolved: Mapping[str, Any] | None = None) -> None:
+        """Claim the folder for ``config``: refuse a different run's folder unless ``overwrite``.
+
+        ``resolved`` (the editor's and instruments' full settings, defaults included) is saved
+        beside the config for the record; it is not part of the comparison.
+        """
+        saved = self.saved_config()
+        if saved is not None and overwrite:
+            logger.info("%s: --overwrite, removing the previous run", self.path)
+            for child in (self.path / CONFIG, self.path / METRICS):
+                child.unlink(missing_ok=True)
+            shutil.rmtree(self.path / STATE, ignore_errors=True)
+            saved = None
+        if saved is not None and saved.digest() != config.digest():
+            changed = sorted(k for k, v in to_dict(config).items() if k != "out" and to_dict(saved).get(k) != v)
+            raise ConfigError(
+                f"{self.path} holds a run with a different config (differs in: {', '.join(changed)}); "
+                "use --resume to continue it or --overwrite to replace it"
+            )
+        if saved is None:
+            if resume:
+                raise ConfigError(f"--resume: {self.path} has no run to resume (no {CONFIG})")
+            if any(self.path.glob("*")):
+                stray = sorted(p.name for p in self.path.iterdir() if not p.name.startswith("."))
+                if stray:
+                    raise ConfigError(f"{self.path} is not empty and not a run folder ({', '.join(stray[:5])}); use --overwrite or another folder")
+            record = {**to_dict(config), "digest": config.digest(), "resolved": dict(resolved or {})}
+            text = yaml.safe_dump(record, sort_keys=False)
+            atomic_write_text(self.path / CONFIG, text)
+
+    # -- metrics -------------------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every complete record of ``metrics.jsonl``; torn or malformed lines are skipped with a warning."""
+        return read_metrics_file(self.path / METRICS)
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        records = [r for r in self.read_metrics() if r["edits"] < record["edits"]]
+        self._write_metrics([*records, dict(record)])
+
+    def truncate_metrics(self, edits: int) -> None:
+        """Drop records measured after ``edits`` (the state on disk is older than them)."""
+        records = self.read_metrics()
+        kept = [r for r in records if r["edits"] <= edits]
+        if len(kept) != len(records) or not (self.path / METRICS).is_file():
+            self._write_metrics(kept)
+
+    def _write_metrics(self, records: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
+        atomic_write_text(self.path / METRICS, text)
+
+    # -- state ---------------------------------------------------------------------------
+    def save_state(
+        self,
+        progress: Mapping[str, Any],
+        deltas: Mapping[str, torch.Tensor],
+        editor: Mapping[str, Any],
+        instruments: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """Write ``state/`` atomically: the old state stays until the new one is complete."""
+        editor_tensors, editor_plain = split_state(editor)
+        inst_tensors: dict[str, torch.Tensor] = {}
+        inst_plain: dict[str, Any] = {}
+        for name, state in instruments.items():
+            tensors, plain = split_state(state, prefix=f"{name}/")
+            inst_tensors.update(tensors)
+            inst_plain[name] = plain
+        with atomic_directory(self.path / STATE) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in deltas.items()}, str(tmp / "deltas.safetensors"))
+            save_file(editor_tensors, str(tmp / "editor.safetensors"))
+            save_file(inst_tensors, str(tmp / "instruments.safetensors"))
+            save_file({"torch_cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+            (tmp / "state.json").write_text(
+                json.dumps({"progress": dict(progress), "editor": editor_plain, "instruments": inst_plain}, indent=2, sort_keys=True)
+            )
+
+    def load_state(self) -> SavedState | None:
+        folder = self.path / STATE
+        if not (folder / "state.json").is_file():
+            return None
+        meta = json.loads((folder / "state.json").read_text())
+        inst_tensors = load_file(str(folder / "instruments.safetensors"))
+        instruments = {name: join_state(inst_tensors, plain, prefix=f"{name}/") for name, plain in meta["instruments"].items()}
+        return SavedState(
+            progress=meta["progress"],
+            deltas=load_file(str(folder / "deltas.safetensors")),
+            editor=join_state(load_file(str(folder / "editor.safetensors")), meta["editor"]),
+            instruments=instruments,
+            rng=load_file(str(folder / "rng.safetensors"))["torch_cpu"],
+        )
+
+
+def read_metrics_file(path: Path) -> list[dict[str, Any]]:
+    """Complete records of a ``metrics.jsonl``; a torn or malformed line is skipped with a warning."""
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("edits"), int) or not isinstance(record.get("metrics"), dict):
+                raise ValueError("not a {edits, wall_s, metrics} record")
+        except ValueError as exc:
+            logger.warning("%s:%d: skipped a torn or malformed line (%s)", path, number, exc)
+            continue
+        records.append(record)
+    return records

@@ -1,0 +1,87 @@
+"""One row of headline figures per run, from its first and last checkpoint (``metrics.jsonl``).
+
+The figures are the research's findings in numbers: how much the edited matrices grew, whether
+the unedited ones stayed put (balance), how activations moved, how well the edits hold, and what
+happened to general ability.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from editscope.runs.store import read_metrics_file
+
+_FRO = re.compile(r"^weight/(.+)/fro$")
+_RESID = re.compile(r"^act/layers\.(\d+)\.resid/norm$")
+_ANGLE = re.compile(r"^subspace/layers\.(\d+)\.resid/angle_mean$")
+_CKA = re.compile(r"^subspace/layers\.(\d+)\.resid/cka$")
+_DOWN = re.compile(r"^downstream/([^/]+)/acc$")
+
+COLUMNS: dict[str, str] = {
+    "edits": "edits",
+    "edited_fro_growth_pct": "edited ||W|| growth %",
+    "delta_fro_mean": "mean ||dW||",
+    "unedited_max_change_pct": "unedited max change %",
+    "balance": "balance (0 -> end)",
+    "resid_norm_change_pct": "resid norm change %",
+    "subspace_angle_deg": "subspace angle deg",
+    "cka_min": "min CKA",
+    "efficacy": "efficacy",
+    "edit_score": "edit score",
+    "downstream_acc_change_pts": "downstream acc change pts",
+    "ppl_change_pct": "ppl change %",
+}
+
+
+def _pct(new: float, old: float) -> float:
+    return 100.0 * (new / old - 1.0) if old else math.nan
+
+
+def _mean_over(metrics: Mapping[str, float], pattern: re.Pattern[str]) -> float:
+    values = [v for k, v in metrics.items() if pattern.match(k)]
+    return statistics.fmean(values) if values else math.nan
+
+
+def summarize_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Headline figures between the first and the last record of one run (NaN where not measured)."""
+    if not records:
+        return {"edits": 0}
+    first, last = records[0]["metrics"], records[-1]["metrics"]
+    row: dict[str, Any] = {"edits": records[-1]["edits"]}
+    part = next((k.split("/")[1] for k in last if k.endswith("/balance") and k.startswith("weight/")), None)
+    if part is not None:
+        row["edited_fro_growth_pct"] = _pct(last[f"weight/{part}/edited_fro_mean"], first[f"weight/{part}/edited_fro_mean"])
+        row["unedited_max_change_pct"] = 100.0 * last.get(f"weight/{part}/unedited_max_rel_change", math.nan)
+        row["balance"] = f"{first[f'weight/{part}/balance']:.4f} -> {last[f'weight/{part}/balance']:.4f}"
+    deltas = [v for k, v in last.items() if k.endswith("/delta_fro") and v > 0]
+    row["delta_fro_mean"] = statistics.fmean(deltas) if deltas else 0.0
+    resid_first = {k: v for k, v in first.items() if _RESID.match(k)}
+    if resid_first:
+        row["resid_norm_change_pct"] = statistics.fmean(_pct(last[k], v) for k, v in resid_first.items() if k in last)
+    row["subspace_angle_deg"] = _mean_over(last, _ANGLE)
+    ckas = [v for k, v in last.items() if _CKA.match(k)]
+    row["cka_min"] = min(ckas) if ckas else math.nan
+    row["efficacy"] = last.get("edit/efficacy", math.nan)
+    row["edit_score"] = last.get("edit/score", math.nan)
+    changes = [100.0 * (last[k] - v) for k, v in first.items() if _DOWN.match(k) and k in last]
+    row["downstream_acc_change_pts"] = statistics.fmean(changes) if changes else math.nan
+    ppl = [k for k in first if k.startswith("ppl/") and k in last]
+    row["ppl_change_pct"] = statistics.fmean(_pct(last[k], first[k]) for k in ppl) if ppl else math.nan
+    return row
+
+
+def summarize_run(folder: str | Path) -> dict[str, Any]:
+    """:func:`summarize_records` of the run in ``folder``, with its name."""
+    folder = Path(folder)
+    return {"run": folder.name, **summarize_records(read_metrics_file(folder / "metrics.jsonl"))}
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)

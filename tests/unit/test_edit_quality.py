@@ -1,0 +1,90 @@
+"""Edit-quality figures: entropy, harmonic mean, sampling, and the instrument on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from editscope.evaluation.edit_quality import harmonic_mean, ngram_entropy, spaced_sample
+from editscope.instruments.edit_quality import EditQuality, EditQualityConfig
+from editscope.models import tiny_model
+from editscope.types import EditRequest, NeighborhoodPrompt, WeightDelta
+
+
+def test_ngram_entropy_by_hand():
+    assert ngram_entropy("the the the the the") == 0.0  # one distinct bigram and trigram
+    # "a b c d": 3 distinct bigrams (log2 3), 2 distinct trigrams (log2 2): (2/3 log2 3 + 4/3) / 2
+    assert ngram_entropy("a b c d") == pytest.approx((2 / 3 * math.log2(3) + 4 / 3 * 1.0) / 2)
+    assert ngram_entropy("") == 0.0
+    assert ngram_entropy("Paris is nice. Paris is big.") > ngram_entropy("Paris Paris Paris Paris Paris Paris")
+
+
+def test_harmonic_mean():
+    assert harmonic_mean([1.0, 1.0, 1.0]) == 1.0
+    assert harmonic_mean([0.5, 1.0]) == pytest.approx(2 / 3)
+    assert harmonic_mean([0.0, 1.0]) == 0.0
+    assert math.isnan(harmonic_mean([]))
+    assert math.isnan(harmonic_mean([0.5, float("nan")]))
+
+
+def test_spaced_sample_spans_the_history():
+    items = list(range(100))
+    assert spaced_sample(items, 5) == [0, 25, 50, 74, 99]
+    assert spaced_sample(items[:3], 5) == [0, 1, 2]
+    assert spaced_sample(items, 1) == [99]
+    assert spaced_sample(items, 0) == []
+
+
+def _requests() -> list[EditRequest]:
+    neighbors = (NeighborhoodPrompt("The capital of Spain is", "Madrid"), NeighborhoodPrompt("The capital of Italy is", "Rome"))
+    return [
+        EditRequest(id=f"r{i}", prompt="The capital of {} is", subject=subject, target_new=new, target_true=true,
+                    paraphrase_prompts=(f"{subject}'s capital city is",), neighborhood=neighbors,
+                    generation_prompts=(f"{subject} is a country where",))
+        for i, (subject, new, true) in enumerate([("France", "Berlin", "Paris"), ("Japan", "Oslo", "Tokyo"), ("Peru", "Cairo", "Lima")])
+    ]
+
+
+def test_instrument_baseline_and_history():
+    model, tok, spec = tiny_model("llama")
+    requests = _requests()
+    instrument = EditQuality(EditQualityConfig(generation_prompts=2, generation_tokens=6))
+    instrument.plan(requests)
+    with pytest.raises(RuntimeError, match="baseline"):
+        instrument.measure(model, tok)
+    instrument.baseline(model, tok)
+    before = instrument.measure(model, tok)
+    assert set(before) == {"edit/entropy"}  # nothing edited yet
+    assert before["edit/entropy"] == instrument.measure(model, tok)["edit/entropy"]  # seeded sampling
+    instrument.observe(requests[:2])
+    instrument.observe(requests[2:])
+    unchanged = instrument.measure(model, tok)
+    assert unchanged["edit/neighborhood"] == 1.0  # same model as the baseline: every preference kept
+    assert unchanged["edit/retention_n"] == 3.0
+    assert 0.0 <= unchanged["edit/efficacy"] <= 1.0 and 0.0 <= unchanged["edit/top1"] <= 1.0
+    assert unchanged["edit/score"] == pytest.approx(
+        harmonic_mean([unchanged["edit/efficacy"], unchanged["edit/paraphrase"], unchanged["edit/neighborhood"]])
+    ) or unchanged["edit/score"] == 0.0
+    g = torch.Generator().manual_seed(0)
+    names = [spec.weight_name(layer) for layer in range(4)]
+    noise = WeightDelta({n: torch.randn(model.get_parameter(n).shape, generator=g) for n in names})
+    with noise.applied(model):
+        broken = instrument.measure(model, tok)
+    assert broken["edit/neighborhood"] < 1.0  # a scrambled model no longer agrees with the unedited one
+
+
+def test_latest_batch_is_scored_separately():
+    model, tok, _ = tiny_model("gpt2")
+    requests = _requests()
+    instrument = EditQuality(EditQualityConfig(generation_prompts=0))
+    instrument.plan(requests)
+    instrument.baseline(model, tok)
+    instrument.observe(requests[:1])
+    only_first = instrument.measure(model, tok)
+    assert only_first["edit/efficacy"] == only_first["edit/latest/efficacy"]
+    instrument.observe(requests[1:])
+    both = instrument.measure(model, tok)
+    assert "edit/entropy" not in both
+    assert both["edit/retention_n"] == 3.0

@@ -1,0 +1,244 @@
+"""Sequential runs on a tiny model: schedule, run folder, resume (in-process and after SIGKILL), bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from editscope.config import ConfigError
+from editscope.models import tiny_model
+from editscope.runs import RunConfig, RunStore, execute, load_run_config, read_metrics_file
+from editscope.runs.schedule import batch_ends, checkpoints
+
+TINY_MEMIT = {
+    "layers": [1, 2], "context_prefixes": 0, "stats_samples": 200, "stats_seq_len": 32,
+    "z": {"steps": 20}, "mom2_update_weight": 10.0,
+}
+FAST_INSTRUMENTS = {
+    "activations": {"n_texts": 4, "seq_len": 32},
+    "subspace": {"n_texts": 4, "seq_len": 32, "k": 4},
+    "edit_quality": {"retention_sample": 10, "generation_prompts": 2, "generation_tokens": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model, tokenizer, _ = tiny_model("llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_config(folder: Path, out: Path, **overrides) -> RunConfig:
+    data = {
+        "model": str(folder), "editor": "memit", "editor_config": TINY_MEMIT, "edits": 20, "batch_size": 5, "every": 10,
+        "instruments": ["weights", "activations", "subspace", "edit_quality"], "instrument_config": FAST_INSTRUMENTS,
+        "out": str(out),
+    }
+    data.update(overrides)
+    return load_run_config(None, data)
+
+
+# -- schedule ----------------------------------------------------------------------------------
+def test_checkpoints_fall_on_batch_ends():
+    assert batch_ends(23, 5) == [5, 10, 15, 20, 23]
+    assert checkpoints(23, 5, every=10) == [0, 10, 20, 23]
+    assert checkpoints(100, 10, every=30) == [0, 30, 60, 90, 100]
+    assert checkpoints(100, 7, every=30) == [0, 35, 63, 91, 100]  # rounded up to the next batch end
+    log = checkpoints(1000, 10, every=1, log_points=4)
+    assert log == [0, 10, 50, 220, 1000]
+    assert all(p % 10 == 0 for p in log)
+
+
+# -- a run and its folder ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_run(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "memit"
+    config = tiny_config(tiny_folder, out)
+    return config, execute(config)
+
+
+def test_run_folder_follows_the_contract(finished_run):
+    config, summary = finished_run
+    folder = Path(config.out)
+    records = read_metrics_file(folder / "metrics.jsonl")
+    assert [r["edits"] for r in records] == [0, 10, 20]
+    assert all(set(r) == {"edits", "wall_s", "metrics"} for r in records)
+    first, last = records[0]["metrics"], records[-1]["metrics"]
+    edited = "model.layers.1.mlp.down_proj.weight"
+    unedited = "model.layers.3.mlp.down_proj.weight"
+    assert first[f"weight/{edited}/delta_fro"] == 0.0
+    assert last[f"weight/{edited}/delta_fro"] > 0
+    assert last[f"weight/{unedited}/delta_fro"] == 0.0
+    assert "edit/efficacy" not in first and "edit/entropy" in first  # nothing edited yet; fluency measured
+    assert 0.0 <= last["edit/efficacy"] <= 1.0 and last["edit/retention_n"] == 10.0
+    assert first["subspace/layers.2.resid/cka"] == pytest.approx(1.0)
+    saved = yaml_load(folder / "config.yaml")
+    assert saved["digest"] == config.digest()
+    assert saved["resolved"]["editor"]["mom2_update_weight"] == 10.0
+    assert saved["resolved"]["editor"]["z"]["lr"] > 0  # shipped/class defaults recorded too
+    deltas = load_file(str(folder / "state" / "deltas.safetensors"))
+    assert sorted(deltas) == ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]
+    assert torch.linalg.vector_norm(deltas[edited]).item() == pytest.approx(last[f"weight/{edited}/delta_fro"], rel=1e-5)
+    state = json.loads((folder / "state" / "state.json").read_text())
+    assert state["progress"]["edits"] == 20
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_interrupted_run_resumes_bit_identically(finished_run, tiny_folder, tmp_path):
+    config, reference = finished_run
+    out = tmp_path / "interrupted"
+    interrupted = tiny_config(tiny_folder, out, every=5)
+    reference_5 = execute(tiny_config(tiny_folder, tmp_path / "every5", every=5))
+
+    def stop_after_second_batch(done, total, metrics):
+        if done == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(interrupted, progress=stop_after_second_batch)
+    assert [r["edits"] for r in read_metrics_file(out / "metrics.jsonl")] == [0, 5, 10]
+    resumed = execute(interrupted, resume=True)
+    assert resumed.weights_sha256 == reference_5.weights_sha256 == reference.weights_sha256
+    assert [r["edits"] for r in read_metrics_file(out / "metrics.jsonl")] == [0, 5, 10, 15, 20]
+    again = execute(interrupted)  # same config, finished: nothing to do, nothing duplicated
+    assert again.weights_sha256 == reference.weights_sha256
+    assert [r["edits"] for r in read_metrics_file(out / "metrics.jsonl")] == [0, 5, 10, 15, 20]
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def test_sigkill_at_random_points_resumes_bit_identically(tiny_folder, tmp_path):
+    """Kill the CLI three times at random moments after it made progress; the resumed run ends as an uninterrupted one."""
+    import yaml
+
+    config = tiny_config(tiny_folder, tmp_path / "killed", edits=40, every=5)
+    reference = execute(tiny_config(tiny_folder, tmp_path / "reference", edits=40, every=5))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(_plain(config)))
+    cmd = [sys.executable, "-m", "editscope", "run", "--config", str(tmp_path / "run.yaml")]
+    metrics = Path(config.out) / "metrics.jsonl"
+    rng = random.Random(1234)
+    kills = 0
+    while kills < 3:
+        before = _lines(metrics)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+        deadline = time.monotonic() + 120
+        while _lines(metrics) <= before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.8))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills == 3, "the run finished before it could be killed three times"
+    proc = subprocess.run(cmd, capture_output=True, env=os.environ.copy(), timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    lines = metrics.read_text().splitlines()
+    assert [json.loads(line)["edits"] for line in lines] == list(range(0, 45, 5))
+    final = load_file(str(Path(config.out) / "state" / "deltas.safetensors"))
+    expected = load_file(str(Path(reference.folder) / "state" / "deltas.safetensors"))
+    assert sorted(final) == sorted(expected)
+    for name in final:
+        assert torch.equal(final[name], expected[name]), name
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_unknown_keys_get_did_you_mean(tiny_folder, tmp_path):
+    with pytest.raises(ConfigError, match="batch_sise.*did you mean 'batch_size'"):
+        load_run_config(None, {"batch_sise": 3})
+    with pytest.raises(ConfigError, match="did you mean"):
+        tiny_config(tiny_folder, tmp_path / "x", editor_config={**TINY_MEMIT, "mom2_update_wieght": 1.0})
+    with pytest.raises(ConfigError, match="n_txts.*did you mean 'n_texts'"):
+        tiny_config(tiny_folder, tmp_path / "x", instrument_config={"activations": {"n_txts": 3}})
+    with pytest.raises(Exception, match="did you mean 'memit'"):
+        tiny_config(tiny_folder, tmp_path / "x", editor="memt")
+    with pytest.raises(Exception, match="did you mean 'weights'"):
+        tiny_config(tiny_folder, tmp_path / "x", instruments=["weight"])
+
+
+def test_bad_runs_fail_before_the_model_loads(tmp_path):
+    missing_model = str(tmp_path / "no-such-model")
+    with pytest.raises(ConfigError, match="548 usable requests, fewer than the 600 edits"):
+        execute(load_run_config(None, {"model": missing_model, "edits": 600, "out": str(tmp_path / "a")}))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(ConfigError, match="not writable"):
+            execute(load_run_config(None, {"model": missing_model, "out": str(locked / "run")}))
+    finally:
+        locked.chmod(0o700)
+
+
+def test_not_writable_output_is_refused_even_as_root(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="not writable"):
+        execute(load_run_config(None, {"model": str(tmp_path / "nope"), "out": str(blocker / "run")}))
+
+
+def test_folder_with_another_config_is_refused(finished_run, tmp_path):
+    config, _ = finished_run
+    other = load_run_config(None, {**_plain(config), "seed": 1})
+    with pytest.raises(ConfigError, match="different config.*seed"):
+        RunStore(config.out).begin(other, resume=False, overwrite=False)
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a run folder"):
+        RunStore(stray).begin(other, resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match="nothing|no run to resume"):
+        RunStore(tmp_path / "empty").begin(other, resume=True, overwrite=False)
+
+
+def _plain(config: RunConfig) -> dict:
+    from editscope.config import to_dict
+
+    return to_dict(config)
+
+
+def test_torn_metrics_line_is_skipped(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"edits": 0, "wall_s": 1.0, "metrics": {"a": 1}}\n{"edits": 10, "wall_s": 2.0, "met')
+    with caplog.at_level("WARNING"):
+        records = read_metrics_file(path)
+    assert [r["edits"] for r in records] == [0]
+    assert "torn" in caplog.text
+
+
+def test_cli_run_and_resume_flags(finished_run, capsys):
+    from editscope.cli import main
+
+    config, _ = finished_run
+    assert main(["run", "--resume", config.out, "--edits", "5"]) == 2
+    assert "drop edits" in capsys.readouterr().err
+    assert main(["run", "--resume", config.out]) == 0
+    assert "20 edits" in capsys.readouterr().out
+
+
+def test_wall_time_grows(finished_run):
+    config, _ = finished_run
+    records = read_metrics_file(Path(config.out) / "metrics.jsonl")
+    walls = [r["wall_s"] for r in records]
+    assert walls == sorted(walls) and walls[0] > 0

@@ -1,0 +1,73 @@
+"""The demo study's configs and the summary figures computed from metrics records."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from tests.conftest import shared_data
+
+from editscope.config import ConfigError
+from editscope.runs.study import StudyConfig, study_runs
+from editscope.runs.summary import summarize_records
+
+
+def _record(edits: int, edited: float, unedited_change: float, resid: float, acc: float, ppl: float) -> dict:
+    return {
+        "edits": edits,
+        "wall_s": 1.0,
+        "metrics": {
+            "weight/mlp_out/edited_fro_mean": edited,
+            "weight/mlp_out/unedited_fro_mean": 100.0,
+            "weight/mlp_out/balance": edited / 100.0,
+            "weight/mlp_out/unedited_max_rel_change": unedited_change,
+            "weight/model.layers.1.mlp.down_proj.weight/delta_fro": edited - 100.0,
+            "weight/model.layers.2.mlp.down_proj.weight/delta_fro": 0.0,
+            "act/layers.0.resid/norm": resid,
+            "act/layers.1.resid/norm": 2 * resid,
+            "subspace/layers.0.resid/angle_mean": 0.0 if edits == 0 else 10.0,
+            "subspace/layers.1.resid/angle_mean": 0.0 if edits == 0 else 20.0,
+            "subspace/layers.1.resid/cka": 1.0 if edits == 0 else 0.9,
+            "downstream/sst2/acc": acc,
+            "downstream/mmlu/acc": acc - 0.1,
+            "ppl/wiki": ppl,
+            **({"edit/efficacy": 0.9, "edit/score": 0.8} if edits else {}),
+        },
+    }
+
+
+def test_summary_from_first_and_last_record():
+    rows = summarize_records([_record(0, 100.0, 0.0, 10.0, 0.7, 20.0), _record(50, 110.0, 0.0, 9.0, 0.72, 22.0), _record(100, 125.0, 1e-4, 8.0, 0.6, 30.0)])
+    assert rows["edits"] == 100
+    assert rows["edited_fro_growth_pct"] == pytest.approx(25.0)
+    assert rows["unedited_max_change_pct"] == pytest.approx(0.01)
+    assert rows["balance"] == "1.0000 -> 1.2500"
+    assert rows["delta_fro_mean"] == pytest.approx(25.0)  # unedited (zero) deltas left out
+    assert rows["resid_norm_change_pct"] == pytest.approx(-20.0)
+    assert rows["subspace_angle_deg"] == pytest.approx(15.0)
+    assert rows["cka_min"] == pytest.approx(0.9)
+    assert rows["efficacy"] == 0.9 and rows["edit_score"] == 0.8
+    assert rows["downstream_acc_change_pts"] == pytest.approx(-10.0)
+    assert rows["ppl_change_pct"] == pytest.approx(50.0)
+
+
+def test_summary_of_a_run_without_optional_instruments():
+    record = {"edits": 0, "wall_s": 0.1, "metrics": {"edit/entropy": 5.0}}
+    row = summarize_records([record])
+    assert row["edits"] == 0 and math.isnan(row["downstream_acc_change_pts"]) and math.isnan(row["efficacy"])
+    assert summarize_records([]) == {"edits": 0}
+
+
+def test_study_runs_share_edits_and_validate_everything():
+    runs = study_runs(StudyConfig(edits=30, every=10, out="/tmp/study"))
+    assert [r.editor for r in runs] == ["memit", "encore"]
+    assert {r.seed for r in runs} == {0} and {r.edits for r in runs} == {30}
+    assert [r.out for r in runs] == ["/tmp/study/memit", "/tmp/study/encore"]
+    assert "downstream" not in runs[0].instruments
+    quick = study_runs(StudyConfig(quick=True, downstream_dir=str(shared_data("knowledge_editing_glue_eval/jsonl"))))
+    assert quick[0].instrument_config["downstream"]["n_examples"] == 20
+    assert "downstream" in quick[0].instruments
+    with pytest.raises(ConfigError, match="data_dir"):
+        study_runs(StudyConfig(downstream_dir="/no/such/folder"))
+    with pytest.raises(Exception, match="did you mean 'encore'"):
+        study_runs(StudyConfig(editors=("memit", "encor")))
