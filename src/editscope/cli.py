@@ -263,6 +263,14 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
     return _table([[row["run"], *(format_value(row.get(k, math.nan)) for k in keys)] for row in rows], ["run", *(COLUMNS[k] for k in keys)])
 
 
+def _print_progress(label: str, done: int, total: int, metrics: dict[str, float]) -> None:
+    """Progress line for runs in worker processes (a bar per process would interleave)."""
+    if done == total or done % max(total // 10, 1) == 0:
+        score = metrics.get("edit/efficacy")
+        extra = f", efficacy {score:.2f}" if score is not None else ""
+        print(f"  {time.strftime('%H:%M:%S')} {label}: {done}/{total} edits{extra}", flush=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from editscope.runs import execute
     from editscope.runs.study import StudyConfig, study_runs
@@ -278,7 +286,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     for config in configs:
         print(f"{config.editor}: {config.edits} edits of {config.data} on {config.model} -> {config.out}", flush=True)
-        execute(config, overwrite=args.overwrite, progress=_progress_bar(config.edits, config.editor))
+    if args.jobs > 1:
+        from editscope.runs.study import run_side_by_side
+
+        print(f"running side by side in {min(args.jobs, len(configs))} processes", flush=True)
+        run_side_by_side(configs, jobs=args.jobs, overwrite=args.overwrite, progress=_print_progress)
+    else:
+        for config in configs:
+            execute(config, overwrite=args.overwrite, progress=_progress_bar(config.edits, config.editor))
     rows = [summarize_run(config.out) for config in configs]
     if args.json:
         _emit_json(rows)
@@ -288,6 +303,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if study.downstream_dir is None:
         print("\n(downstream ability not measured: pass --downstream-dir with the GLUE/MMLU task files)")
     print(f"\nRun folders: {', '.join(c.out for c in configs)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from editscope.runs.summary import summarize_run
+
+    missing = [str(f) for f in args.runs if not (f / "metrics.jsonl").is_file()]
+    if missing:
+        raise EditscopeError(f"no metrics.jsonl in: {', '.join(missing)}")
+    rows = [summarize_run(folder) for folder in args.runs]
+    if args.json:
+        _emit_json(rows)
+    else:
+        print(_summary_table(rows))
     return 0
 
 
@@ -343,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing run folder with a different config")
     run.set_defaults(func=cmd_run)
 
+    compare = sub.add_parser("compare", help="summary table of run folders (first checkpoint against last)")
+    compare.add_argument("runs", nargs="+", type=Path, help="run folders")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(func=cmd_compare)
+
     predict = sub.add_parser("predict", help="load a model and show what it predicts for demo facts")
     predict.add_argument("--model", default="smollm2-135m")
     predict.add_argument("--limit", type=int, default=20)
@@ -358,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")
     demo.add_argument("--downstream-dir", type=Path, default=None, metavar="DIR", help="few-shot GLUE/MMLU task files (adds downstream ability)")
+    demo.add_argument("--jobs", type=int, default=1, help="runs side by side in this many processes (CPU threads split between them)")
     demo.add_argument("--quick", action="store_true", help="smoke check: 20 edits, smaller instrument settings")
     demo.add_argument("--overwrite", action="store_true", help="replace run folders made with other settings")
     demo.add_argument("--json", action="store_true", help="print the summary rows as JSON")

@@ -245,8 +245,9 @@ def test_downstream_baseline_measure_and_resume(glue_dir):
     model, tok, spec = tiny_model("llama", shape=TinyShape(context=1024))
     config = DownstreamConfig(data_dir=str(glue_dir), tasks=("sst2", "cola"), n_shots=1, n_examples=8, batch_size=8)
     instrument = DownstreamAbility(config)
-    instrument.baseline(model, tok)
+    unedited = instrument.baseline(model, tok)
     at_baseline = instrument.measure(model, tok)
+    assert unedited == at_baseline  # the baseline's predictions are the step-0 measurement
     assert set(at_baseline) == {f"downstream/{t}/{m}" for t in ("sst2", "cola") for m in ("acc", "f1", "mcc", "agree")}
     assert at_baseline["downstream/sst2/agree"] == 1.0
     state = json.loads(json.dumps(instrument.state_dict()))  # what a run folder keeps
@@ -259,6 +260,18 @@ def test_downstream_baseline_measure_and_resume(glue_dir):
         resumed.load_state_dict(state)
         assert resumed.measure(model, tok) == edited
     assert edited["downstream/sst2/agree"] < 1.0  # the edit changed some predictions
+
+
+def test_downstream_under_bf16_autocast(glue_dir):
+    model, tok, _ = tiny_model("llama", shape=TinyShape(context=1024))
+    config = DownstreamConfig(data_dir=str(glue_dir), tasks=("cola",), n_shots=1, n_examples=16, batch_size=8, autocast="bfloat16")
+    instrument = DownstreamAbility(config)
+    reduced = instrument.baseline(model, tok)
+    full = DownstreamAbility(DownstreamConfig(**{**config.__dict__, "autocast": None})).baseline(model, tok)
+    assert set(reduced) == set(full)
+    assert abs(reduced["downstream/cola/acc"] - full["downstream/cola/acc"]) <= 0.25
+    with pytest.raises(ConfigError, match="autocast: unknown dtype 'bf17'"):
+        DownstreamAbility(DownstreamConfig(**{**config.__dict__, "autocast": "bf17"}))
 
 
 # -- perplexity ----------------------------------------------------------------------------

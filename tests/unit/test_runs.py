@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.conftest import shared_data
 
 from editscope.config import ConfigError
 from editscope.models import tiny_model
@@ -242,3 +243,30 @@ def test_wall_time_grows(finished_run):
     records = read_metrics_file(Path(config.out) / "metrics.jsonl")
     walls = [r["wall_s"] for r in records]
     assert walls == sorted(walls) and walls[0] > 0
+
+
+def test_downstream_step_zero_comes_from_the_baseline(tiny_folder, tmp_path):
+    data_dir = shared_data("knowledge_editing_glue_eval/jsonl")
+    config = tiny_config(
+        tiny_folder, tmp_path / "down", edits=5, every=5, instruments=["downstream", "perplexity"],
+        instrument_config={"downstream": {"data_dir": str(data_dir), "tasks": ["cola"], "n_examples": 8, "n_shots": 1},
+                           "perplexity": {"n_windows": 2, "seq_len": 32}},
+    )
+    execute(config)
+    first, last = read_metrics_file(tmp_path / "down" / "metrics.jsonl")
+    assert first["metrics"]["downstream/cola/agree"] == 1.0
+    assert first["metrics"]["time/downstream_s"] < 0.01  # the baseline's predictions, not a second pass
+    assert set(k for k in last["metrics"] if k.startswith("downstream/")) == set(k for k in first["metrics"] if k.startswith("downstream/"))
+    assert first["metrics"]["ppl/default"] > 1.0
+
+
+def test_cli_compare(finished_run, capsys, tmp_path):
+    from editscope.cli import main
+
+    config, _ = finished_run
+    assert main(["compare", config.out, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["run"] == "memit" and rows[0]["edits"] == 20 and rows[0]["edited_fro_growth_pct"] > 0
+    assert main(["compare", config.out]) == 0
+    assert "edited ||W|| growth %" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path)]) == 2

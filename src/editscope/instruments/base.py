@@ -45,8 +45,13 @@ class Instrument(ABC):
     def observe(self, requests: Sequence[EditRequest]) -> None:
         """Called after each applied batch with its requests. Default: ignored."""
 
-    def baseline(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Record what later measurements compare against (called once, on the unedited model)."""
+    def baseline(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float] | None:
+        """Record what later measurements compare against (called once, on the unedited model).
+
+        May return the unedited model's measurement, when computing the baseline already gave it
+        (the run then uses it for step 0 instead of calling :meth:`measure`). Default: ``None``.
+        """
+        return None
 
     @abstractmethod
     def measure(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:

@@ -100,6 +100,7 @@ class SequentialRun:
         self.cumulative: dict[str, torch.Tensor] = {}
         self.edits = 0
         self.wall_s = 0.0
+        self.unedited: dict[str, dict[str, float]] = {}  # step-0 measurements given by baselines
         self.points = checkpoints(config.edits, config.batch_size, every=config.every, log_points=config.log_points)
 
     # -- weights -------------------------------------------------------------------------
@@ -125,7 +126,10 @@ class SequentialRun:
         metrics: dict[str, float] = {}
         for name, instrument in self.instruments.items():
             start = time.perf_counter()
-            metrics.update(instrument.measure(self.model, self.tokenizer))
+            if self.edits == 0 and name in self.unedited:
+                metrics.update(self.unedited[name])
+            else:
+                metrics.update(instrument.measure(self.model, self.tokenizer))
             metrics[f"time/{name}_s"] = time.perf_counter() - start
         return metrics
 
@@ -177,10 +181,12 @@ class SequentialRun:
         start = time.perf_counter()
         self.editor.prepare(self.model, self.tokenizer)
         edited = self.editor.edited_parameters(self.model)
-        for instrument in self.instruments.values():
+        for name, instrument in self.instruments.items():
             instrument.watch(edited)
             instrument.plan(self.requests)
-            instrument.baseline(self.model, self.tokenizer)
+            unedited = instrument.baseline(self.model, self.tokenizer)
+            if unedited is not None:
+                self.unedited[name] = unedited
         self.wall_s = time.perf_counter() - start
         saved = self.store.load_state()
         if saved is not None:
