@@ -1,7 +1,7 @@
 """Seconds per checkpoint of each default instrument on the bundled model, against one edit batch.
 
 Usage: python benchmarks/instrument_cost.py [--model smollm2-135m] [--data-dir DIR] [--editor memit]
-       [--batch-size 10] [--repeats 2] [--json]
+       [--batch-size 10] [--repeats 2] [--downstream-autocast bfloat16] [--json]
 
 Instruments are built as a run builds them (default settings; ``downstream`` when ``--data-dir``
 has the task files). The edit-quality instrument scores a realistic history: 100 edited requests
@@ -41,10 +41,11 @@ def main() -> None:
     parser.add_argument("--editor", default="memit")
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--downstream-autocast", default=None, help="e.g. bfloat16 (as `make demo` uses)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     instruments = [*DEFAULT_INSTRUMENTS, *(["downstream"] if Path(args.data_dir).is_dir() else [])]
-    settings = {"downstream": {"data_dir": args.data_dir}} if "downstream" in instruments else {}
+    settings = {"downstream": {"data_dir": args.data_dir, "autocast": args.downstream_autocast}} if "downstream" in instruments else {}
     config = load_run_config(None, {"model": args.model, "instruments": instruments, "instrument_config": settings})
     lm = load(args.model)
     requests = load_requests("demo")

@@ -272,6 +272,7 @@ def _print_progress(label: str, done: int, total: int, metrics: dict[str, float]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from editscope.report import build_report
     from editscope.runs import execute
     from editscope.runs.study import StudyConfig, study_runs
     from editscope.runs.summary import summarize_run
@@ -279,7 +280,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     edits = args.edits or (20 if args.quick else 100)
     study = StudyConfig(
         editors=tuple(e for e in args.editors.split(",") if e), model=args.model, edits=edits, batch_size=args.batch_size,
-        every=args.every or max(edits // 2, 1), seed=args.seed, out=str(args.out),
+        every=args.every or edits, seed=args.seed, out=str(args.out),
         downstream_dir=str(args.downstream_dir) if args.downstream_dir else None, quick=args.quick,
     )
     configs = study_runs(study)  # every run is validated before the first starts
@@ -295,6 +296,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for config in configs:
             execute(config, overwrite=args.overwrite, progress=_progress_bar(config.edits, config.editor))
     rows = [summarize_run(config.out) for config in configs]
+    report = build_report([Path(c.out) for c in configs], Path(args.out) / "report")
     if args.json:
         _emit_json(rows)
         return 0
@@ -303,6 +305,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if study.downstream_dir is None:
         print("\n(downstream ability not measured: pass --downstream-dir with the GLUE/MMLU task files)")
     print(f"\nRun folders: {', '.join(c.out for c in configs)}")
+    print(f"Report: {report}")
     return 0
 
 
@@ -317,6 +320,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _emit_json(rows)
     else:
         print(_summary_table(rows))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from editscope.report import ReportConfig, build_report
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    config = ReportConfig(formats=names(args.formats), dpi=args.dpi, figures=names(args.figures))
+    print(build_report(args.runs, args.out, config))
     return 0
 
 
@@ -377,6 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(func=cmd_compare)
 
+    report = sub.add_parser("report", help="figures (PNG, SVG) and report.html from run folders, runs overlaid")
+    report.add_argument("runs", nargs="+", type=Path, help="run folders (finished or still running)")
+    report.add_argument("--out", type=Path, required=True, help="report folder (replaced as a whole; new, empty or an earlier report)")
+    report.add_argument("--formats", default="png,svg", help="files per figure: png first, then svg and/or pdf (default png,svg)")
+    report.add_argument("--dpi", type=int, default=200, help="PNG resolution (default 200)")
+    report.add_argument("--figures", default="", help="comma-separated figure names to draw (default: all), e.g. weight_norms,balance")
+    report.set_defaults(func=cmd_report)
+
     predict = sub.add_parser("predict", help="load a model and show what it predicts for demo facts")
     predict.add_argument("--model", default="smollm2-135m")
     predict.add_argument("--limit", type=int, default=20)
@@ -388,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="smollm2-135m")
     demo.add_argument("--edits", type=int, default=None, help="edits per run (default 100; --quick 20)")
     demo.add_argument("--batch-size", type=int, default=10)
-    demo.add_argument("--every", type=int, default=None, help="checkpoint interval (default: half the edits)")
+    demo.add_argument("--every", type=int, default=None, help="checkpoint interval (default: only the first and last)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")
     demo.add_argument("--downstream-dir", type=Path, default=None, metavar="DIR", help="few-shot GLUE/MMLU task files (adds downstream ability)")
