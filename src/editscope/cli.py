@@ -243,7 +243,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         given = {k: v for k, v in _run_overrides(args).items() if v is not None and k != "out"}
         if given or args.config:
             raise EditscopeError(f"--resume continues the saved config of {args.resume}; drop {', '.join(given) or '--config'}")
-        config = saved
+        from editscope.config import replace
+
+        config = replace(saved, {"out": str(args.resume)}, where=str(args.resume))  # a moved or copied folder resumes in place
     else:
         config = load_run_config(args.config, _run_overrides(args))
     summary = execute(config, resume=args.resume is not None, overwrite=args.overwrite, progress=_progress_bar(config.edits, config.editor))

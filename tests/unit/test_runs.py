@@ -288,3 +288,23 @@ def test_side_by_side_runs_equal_runs_one_after_another(finished_run, tiny_folde
         got = load_file(str(Path(twin.out) / "state" / "deltas.safetensors"))
         for name in expected:
             torch.testing.assert_close(got[name], expected[name], rtol=1e-3, atol=1e-4)
+
+
+def test_a_moved_run_folder_resumes_in_place(tiny_folder, tmp_path):
+    import shutil
+
+    from editscope.cli import main
+
+    original = tmp_path / "original"
+
+    def stop(done, total, metrics):
+        if done == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(tiny_config(tiny_folder, original, every=5), progress=stop)
+    moved = tmp_path / "moved"
+    shutil.move(original, moved)
+    assert main(["run", "--resume", str(moved)]) == 0
+    assert [r["edits"] for r in read_metrics_file(moved / "metrics.jsonl")] == [0, 5, 10, 15, 20]
+    assert not original.exists()
