@@ -31,6 +31,16 @@ def tiny_gpt2():
 
 
 @pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    """The tiny llama saved as a Hugging Face folder (what runs load by path)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model, tokenizer, _ = tiny_model("llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def _throwaway_home(tmp_path_factory):
     return tmp_path_factory.mktemp("editscope-home")
 

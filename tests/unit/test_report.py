@@ -15,7 +15,6 @@ import pytest
 
 from editscope.cli import main
 from editscope.errors import EditscopeError
-from editscope.models import tiny_model
 from editscope.report import FIGURES, REPORT_HTML, FigureStyle, ReportConfig, build_report, load_runs
 from editscope.report.style import run_color, style_context
 from editscope.runs import execute, load_run_config
@@ -33,15 +32,6 @@ INSTRUMENTS = {
     "perplexity": {"n_windows": 2, "seq_len": 32},
 }
 ALL_FIGURES = {f.name for f in FIGURES}
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model, tokenizer, _ = tiny_model("llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _run(model: Path, out: Path, editor: str, seed: int = 0) -> Path:

@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from tests.conftest import shared_data
 
 from editscope.config import ConfigError
-from editscope.models import tiny_model
 from editscope.runs import RunConfig, RunStore, execute, load_run_config, read_metrics_file
 from editscope.runs.schedule import batch_ends, checkpoints
 
@@ -30,15 +29,6 @@ FAST_INSTRUMENTS = {
     "subspace": {"n_texts": 4, "seq_len": 32, "k": 4},
     "edit_quality": {"retention_sample": 10, "generation_prompts": 2, "generation_tokens": 8},
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model, tokenizer, _ = tiny_model("llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def tiny_config(folder: Path, out: Path, **overrides) -> RunConfig:

@@ -9,6 +9,7 @@ processes sharing 2 cores ran 10x slower and gave deltas differing by ~1e-2 from
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -78,13 +79,11 @@ def resolved_settings(config: RunConfig) -> dict[str, Any]:
 
 def weights_digest(model: PreTrainedModel, names: Sequence[str]) -> str:
     """sha256 over the raw bytes of the named parameters (bit-identity checks)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name in sorted(names):
         tensor = model.get_parameter(name).detach().cpu().contiguous()
         digest.update(name.encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.dtype != torch.uint8 else tensor.numpy().tobytes())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -192,7 +191,8 @@ class SequentialRun:
         if saved is not None:
             self.restore(saved)
             logger.info("%s: resumed at %d/%d edits", self.store.path, self.edits, self.config.edits)
-            last = self.store.read_metrics()[-1]["metrics"] if self.store.read_metrics() else {}
+            records = self.store.read_metrics()
+            last = records[-1]["metrics"] if records else {}
         else:
             last = self.checkpoint(edit_s=0.0)
         edit_s = 0.0
