@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import random
@@ -15,20 +14,13 @@ from typing import Any
 
 from editscope import __version__
 from editscope.errors import EditscopeError
+from editscope.tables import emit_json, format_table
 
 logger = logging.getLogger("editscope")
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    sep = "  ".join("-" * w for w in widths)
-    body = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
-    return "\n".join([line, sep, *body])
-
-
-def _emit_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False))
+_table = format_table
+_emit_json = emit_json
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -421,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace run folders made with other settings")
     demo.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     demo.set_defaults(func=cmd_demo)
+
+    from editscope.cli_weights import add_weight_commands
+
+    add_weight_commands(sub)
     return parser
 
 

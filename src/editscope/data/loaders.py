@@ -124,7 +124,7 @@ def load_requests(path: str | Path, fmt: str | None = None, *, skip_invalid: boo
     invalid records are left out with one warning that counts them.
     """
     _check_format(fmt)
-    if _is_demo(path):
+    if is_demo(path):
         return load_demo()
     path = Path(path)
     records = read_records(path)
@@ -136,7 +136,7 @@ def load_requests(path: str | Path, fmt: str | None = None, *, skip_invalid: boo
     return requests
 
 
-def _is_demo(path: str | Path) -> bool:
+def is_demo(path: str | Path) -> bool:
     return str(path) == "demo" and not Path(path).exists()
 
 
@@ -151,7 +151,7 @@ def _check_unique_ids(requests: list[EditRequest], path: str) -> None:
 def inspect_dataset(path: str | Path, fmt: str | None = None) -> DatasetReport:
     """Convert every record it can and collect every error (for ``editscope data inspect``)."""
     _check_format(fmt)
-    if _is_demo(path):
+    if is_demo(path):
         demo = load_demo()
         return DatasetReport("demo", "demo", len(demo), tuple(demo), ())
     path = Path(path)

@@ -67,10 +67,17 @@ def join_state(tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any], pr
 
 
 class RunStore:
-    """Reads and writes one run folder."""
+    """Reads and writes one run folder.
 
-    def __init__(self, path: str | Path) -> None:
+    ``config_class`` is the folder's config type (a frozen dataclass with ``digest()``) and
+    ``position`` the key that orders its metric records: ``edits`` for editing runs, ``step`` for
+    post-training runs.
+    """
+
+    def __init__(self, path: str | Path, config_class: type = RunConfig, position: str = "edits") -> None:
         self.path = Path(path)
+        self.config_class = config_class
+        self.position = position
 
     # -- setup ---------------------------------------------------------------------------
     def check_writable(self) -> None:
@@ -83,16 +90,16 @@ class RunStore:
         except OSError as exc:
             raise ConfigError(f"output folder {self.path}: not writable ({exc.strerror or exc})") from None
 
-    def saved_config(self) -> RunConfig | None:
+    def saved_config(self) -> Any:
         path = self.path / CONFIG
         if not path.is_file():
             return None
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         data.pop("digest", None)
         data.pop("resolved", None)
-        return from_dict(RunConfig, data, where=str(path))
+        return from_dict(self.config_class, data, where=str(path))
 
-    def begin(self, config: RunConfig, *, resume: bool, overwrite: bool, resolved: Mapping[str, Any] | None = None) -> None:
+    def begin(self, config: Any, *, resume: bool, overwrite: bool, resolved: Mapping[str, Any] | None = None) -> None:
         """Claim the folder for ``config``: refuse a different run's folder unless ``overwrite``.
 
         ``resolved`` (the editor's and instruments' full settings, defaults included) is saved
@@ -125,16 +132,16 @@ class RunStore:
     # -- metrics -------------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every complete record of ``metrics.jsonl``; torn or malformed lines are skipped with a warning."""
-        return read_metrics_file(self.path / METRICS)
+        return read_metrics_file(self.path / METRICS, self.position)
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
-        records = [r for r in self.read_metrics() if r["edits"] < record["edits"]]
+        records = [r for r in self.read_metrics() if r[self.position] < record[self.position]]
         self._write_metrics([*records, dict(record)])
 
-    def truncate_metrics(self, edits: int) -> None:
-        """Drop records measured after ``edits`` (the state on disk is older than them)."""
+    def truncate_metrics(self, position: int) -> None:
+        """Drop records measured after ``position`` (the state on disk is older than them)."""
         records = self.read_metrics()
-        kept = [r for r in records if r["edits"] <= edits]
+        kept = [r for r in records if r[self.position] <= position]
         if len(kept) != len(records) or not (self.path / METRICS).is_file():
             self._write_metrics(kept)
 
@@ -183,8 +190,8 @@ class RunStore:
         )
 
 
-def read_metrics_file(path: Path) -> list[dict[str, Any]]:
-    """Complete records of a ``metrics.jsonl``; a torn or malformed line is skipped with a warning."""
+def read_metrics_file(path: Path, position: str = "edits") -> list[dict[str, Any]]:
+    """Complete records of a ``metrics.jsonl`` ordered by ``position``; a torn or malformed line is skipped with a warning."""
     if not path.is_file():
         return []
     records = []
@@ -193,8 +200,8 @@ def read_metrics_file(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("edits"), int) or not isinstance(record.get("metrics"), dict):
-                raise ValueError("not a {edits, wall_s, metrics} record")
+            if not isinstance(record, dict) or not isinstance(record.get(position), int) or not isinstance(record.get("metrics"), dict):
+                raise ValueError(f"not a {{{position}, wall_s, metrics}} record")
         except ValueError as exc:
             logger.warning("%s:%d: skipped a torn or malformed line (%s)", path, number, exc)
             continue

@@ -1,0 +1,20 @@
+"""Plain-text tables and JSON for the command line (the library itself only logs)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    """Left-aligned columns separated by two spaces, a dashed rule under the header."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
+    return "\n".join([line, sep, *body])
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as indented JSON on stdout."""
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
