@@ -1,7 +1,9 @@
 """Editing speed on the bundled model, on this machine, in one run.
 
 Usage: python benchmarks/edit_speed.py [--model smollm2-135m] [--editors memit,...] [--json]
-       [--stats-samples 1000] [--stats-seq-len 256] [--z-batch 16]
+       [--stats-samples 1000] [--stats-seq-len 256] [--z-batch 16] [--device auto|cpu|cuda]
+
+On a GPU every timed region ends with ``torch.cuda.synchronize``.
 
 JSON keys:
   model, device, torch_threads
@@ -37,12 +39,19 @@ from editscope.evaluation.edit_metrics import efficacy
 from editscope.linalg.stats import collect_second_moments, token_chunks
 from editscope.linalg.values import ZConfig, compute_z
 from editscope.models import load
+from editscope.models.loading import resolve_device
 from editscope.types import preserved
 
 
 def is_locate(name: str) -> bool:
     """Editors that read second-moment statistics (their sample count is a benchmark option)."""
     return issubclass(EDITORS.get(name), LocateEditor)
+
+def sync() -> None:
+    """Wait for queued GPU work so that wall-clock timers measure it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
 
 def time_editor(lm, name, requests, stats_samples, stats_seq_len, model_name):
     editor = build_editor(name, {"stats_samples": stats_samples, "stats_seq_len": stats_seq_len} if is_locate(name) else {}, model_name=model_name)
@@ -55,6 +64,7 @@ def time_editor(lm, name, requests, stats_samples, stats_seq_len, model_name):
             start = time.perf_counter()
             for chunk in ([[r] for r in batch] if name == "rome" else [batch]):
                 editor.compute_delta(lm.model, lm.tokenizer, chunk).apply_to(lm.model)
+            sync()
             out[f"batch{size}_s_per_edit"] = round((time.perf_counter() - start) / size, 3)
             if size == 10:
                 out["efficacy_batch10"] = efficacy(lm.model, lm.tokenizer, batch)
@@ -78,8 +88,10 @@ def forward_tokens_per_s(model, chunks, batch_tokens=4096) -> float:
         for r, seq in enumerate(group):
             ids[r, : len(seq)] = torch.tensor(seq)
             mask[r, : len(seq)] = 1
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
+        device = next(model.parameters()).device
+        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         tokens += int(mask.sum())
+    sync()
     return tokens / (time.perf_counter() - start)
 
 
@@ -91,10 +103,12 @@ def main() -> None:
     parser.add_argument("--stats-seq-len", type=int, default=256)
     parser.add_argument("--z-batch", type=int, default=16)
     parser.add_argument("--skip-stats", action="store_true", help="skip the statistics and forward throughput part")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, ...")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     lm = load(args.model)
+    lm.model.to(resolve_device(args.device))
     requests = [r for r in load_requests("demo") if r.meta.get(f"known/{args.model}", {}).get("rank") == 1]
     result: dict = {"model": args.model, "device": str(next(lm.model.parameters()).device), "torch_threads": torch.get_num_threads()}
 
@@ -105,10 +119,12 @@ def main() -> None:
         tokens = sum(len(c) for c in chunks)
         start = time.perf_counter()
         fp32 = collect_second_moments(lm.model, lm.spec, layers, chunks)
+        sync()
         seconds = time.perf_counter() - start
         result["stats"] = {"layers": layers, "texts": len(chunks), "tokens": tokens, "seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds)}
         start = time.perf_counter()
         bf16 = collect_second_moments(lm.model, lm.spec, layers, chunks, autocast="bfloat16")
+        sync()
         seconds = time.perf_counter() - start
         rel = max(float((bf16[l].mean() - fp32[l].mean()).norm() / fp32[l].mean().norm()) for l in layers)
         result["stats_bf16"] = {"seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds), "max_rel_fro_diff_vs_fp32": rel}
@@ -120,12 +136,16 @@ def main() -> None:
     zcfg = ZConfig(steps=10, loss_stop=0.0)
     batch = requests[: args.z_batch]
     layer = max(editor.config.layers)
+    compute_z(lm.model, lm.tokenizer, lm.spec, layer, batch[:2], editor._templates, ZConfig(steps=1, loss_stop=0.0))  # warm-up
+    sync()
     start = time.perf_counter()
     compute_z(lm.model, lm.tokenizer, lm.spec, layer, batch, editor._templates, zcfg)
+    sync()
     batched = time.perf_counter() - start
     start = time.perf_counter()
     for r in batch:
         compute_z(lm.model, lm.tokenizer, lm.spec, layer, [r], editor._templates, zcfg)
+    sync()
     looped = time.perf_counter() - start
     result["z_batched_vs_looped"] = {"batch": len(batch), "batched_s": round(batched, 2), "looped_s": round(looped, 2), "speedup": round(looped / batched, 2)}
     logging.info("z* %s", result["z_batched_vs_looped"])

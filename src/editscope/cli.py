@@ -193,7 +193,7 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {
         "model": args.model, "editor": args.editor, "data": args.data, "edits": args.edits,
         "batch_size": args.batch_size, "every": args.every, "log_points": args.log_points,
-        "seed": args.seed, "out": str(args.out) if args.out else None,
+        "seed": args.seed, "out": str(args.out) if args.out else None, "device": args.device,
     }
     if args.instruments:
         overrides["instruments"] = [x for x in args.instruments.split(",") if x]
@@ -232,12 +232,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         saved = RunStore(args.resume).saved_config()
         if saved is None:
             raise EditscopeError(f"--resume {args.resume}: no config.yaml there, nothing to resume")
-        given = {k: v for k, v in _run_overrides(args).items() if v is not None and k != "out"}
+        given = {k: v for k, v in _run_overrides(args).items() if v is not None and k not in ("out", "device")}
         if given or args.config:
             raise EditscopeError(f"--resume continues the saved config of {args.resume}; drop {', '.join(given) or '--config'}")
         from editscope.config import replace
 
-        config = replace(saved, {"out": str(args.resume)}, where=str(args.resume))  # a moved or copied folder resumes in place
+        where = {"out": str(args.resume), **({"device": args.device} if args.device else {})}
+        config = replace(saved, where, where=str(args.resume))  # a moved or copied folder resumes in place
     else:
         config = load_run_config(args.config, _run_overrides(args))
     summary = execute(config, resume=args.resume is not None, overwrite=args.overwrite, progress=_progress_bar(config.edits, config.editor))
@@ -376,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="editor hyperparameter (dotted for nested, e.g. z.steps=20)")
     run.add_argument("--inst", action="append", default=[], metavar="NAME.KEY=VALUE", help="instrument setting, e.g. downstream.data_dir=DIR")
     run.add_argument("--downstream-dir", type=Path, default=None, metavar="DIR", help="add few-shot GLUE/MMLU evaluation from the task files in DIR")
+    run.add_argument("--device", default=None, help="auto (default: CUDA where there is one), cpu, cuda, cuda:1, ...")
     run.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run folder with a different config")
     run.set_defaults(func=cmd_run)

@@ -28,6 +28,8 @@ def _posttrain_overrides(args: argparse.Namespace) -> dict[str, Any]:
         lora["target_modules"] = [t for t in args.lora_targets.split(",") if t]
     if lora:
         given["lora"] = lora
+    if args.no_save_model:
+        given["save_model"] = False
     return given
 
 
@@ -139,6 +141,7 @@ def add_weight_commands(sub: Any) -> None:
     pt.add_argument("--lora-alpha", type=float, default=None)
     pt.add_argument("--lora-dropout", type=float, default=None)
     pt.add_argument("--lora-targets", default=None, help="comma-separated module-name suffixes (default: every linear map in the blocks)")
+    pt.add_argument("--no-save-model", action="store_true", help="do not write the final weights to <out>/model")
     pt.add_argument("--out", type=Path, default=None, help="run folder")
     pt.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR from its last record")
     pt.add_argument("--overwrite", action="store_true", help="replace an existing run folder with a different config")

@@ -113,3 +113,13 @@ def load(name_or_path: str, *, dtype: torch.dtype | None = None) -> LoadedModel:
         loaded = load_hub(name_or_path, dtype=dtype)
     logger.info("loaded %s (%s) in %.1f s", name_or_path, loaded.spec.name, time.perf_counter() - start)
     return loaded
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` -> CUDA where there is one, else CPU; anything else as torch spells it (``cpu``, ``cuda:1``)."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(requested)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"device {requested!r}: {exc}") from None

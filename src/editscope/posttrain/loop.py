@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from editscope.instruments.downstream import Perplexity, PerplexityConfig
-from editscope.models.loading import LoadedModel, load
+from editscope.models.loading import LoadedModel, load, resolve_device
 from editscope.models.spec import ModelSpec
 from editscope.posttrain.config import PosttrainConfig
 from editscope.posttrain.data import Example, batch_for_step, build_examples, collate
@@ -94,12 +94,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: PosttrainConfig) ->
     return get_scheduler(config.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=config.steps)
 
 
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
 # -- one step ----------------------------------------------------------------------------------
 @dataclass
 class Interval:
@@ -160,7 +154,7 @@ class PosttrainRun:
         c = self.config
         self.store.check_writable()
         self.store.begin(c, resume=self.resume, overwrite=self.overwrite)
-        device = pick_device(c.device)
+        device = resolve_device(c.device)
         loaded = load(c.model)
         tokenizer = loaded.tokenizer
         loaded.model.to(device)

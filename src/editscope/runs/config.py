@@ -38,6 +38,9 @@ class RunConfig:
         log_points: if > 0, that many log-spaced checkpoints instead of ``every``.
         instruments: instrument names measured at each checkpoint.
         instrument_config: per-instrument settings, ``{name: {field: value}}``.
+        device: ``auto`` (CUDA where there is one, else CPU), ``cpu``, ``cuda``, ``cuda:1``... Where
+            the run computes, not what: not part of the digest (a run may resume on another device;
+            it is then not bit-identical to an uninterrupted one).
         out: the run folder.
     """
 
@@ -55,6 +58,7 @@ class RunConfig:
     log_points: int = 0
     instruments: tuple[str, ...] = DEFAULT_INSTRUMENTS
     instrument_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    device: str = "auto"
     out: str = "runs/run"
 
     def __post_init__(self) -> None:
@@ -72,7 +76,7 @@ class RunConfig:
 
     def digest(self) -> str:
         """Hash of everything that decides the run's results (not where it is written)."""
-        data = {k: v for k, v in to_dict(self).items() if k != "out"}
+        data = {k: v for k, v in to_dict(self).items() if k not in ("out", "device")}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
