@@ -229,7 +229,7 @@ def execute(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
     store.check_writable()
     requests = select_requests(config)
     store.begin(config, resume=resume, overwrite=overwrite, resolved=resolved_settings(config))
-    loaded = load(config.model)
+    loaded = load(config.model, device_map=config.device_map)
     loaded.model.eval()
     run = SequentialRun(config, loaded.model, loaded.tokenizer, requests, store)
     summary = run.run(progress)
