@@ -25,6 +25,7 @@ from torch import Tensor
 from editscope.config import ConfigError
 from editscope.errors import ModelLoadError
 from editscope.linalg.stats import (
+    BATCH_TOKENS,
     Collector,
     SecondMoment,
     cache_path,
@@ -127,11 +128,11 @@ def _collect(model: Any, spec: Any, layers: Sequence[int], shard: Shard, autocas
     return collect_second_moments(model, spec, layers, chunks, batches=bounds, autocast=autocast)
 
 
-def sharded_collector(shards: int, run_shards: ShardRunner) -> Collector:
+def sharded_collector(shards: int, run_shards: ShardRunner, batch_tokens: int = BATCH_TOKENS) -> Collector:
     """A :data:`~editscope.linalg.stats.Collector` that splits the pass's batches into ``shards`` and merges the parts."""
 
     def collect(layers: Sequence[int], chunks: Sequence[Sequence[int]]) -> dict[int, SecondMoment]:
-        groups = shard_batches(stat_batches(chunks), chunks, shards)
+        groups = shard_batches(stat_batches(chunks, batch_tokens), chunks, shards)
         logger.info("statistics: %d batches in %d shards", sum(len(g) for g in groups), len(groups))
         parts = run_shards(layers, [[[list(chunks[i]) for i in batch] for batch in group] for group in groups])
         return merge_moments(parts)
