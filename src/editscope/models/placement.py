@@ -101,7 +101,16 @@ def place_model(model: nn.Module, device_map: DeviceMap, *, force_hooks: bool = 
         raise ModelLoadError(f"device_map: {exc}") from None
     # main_device "cpu" keeps cpu-mapped modules on the CPU instead of offloading them to an accelerator.
     main_device: Any = "cpu" if "cpu" in devices else None
-    dispatch_model(model, device_map=resolved, main_device=main_device, force_hooks=force_hooks)
+    quiet = logging.getLogger("accelerate.big_modeling")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it warns of cpu "offload" whenever a map names cpu, even with main_device cpu
+    try:
+        dispatch_model(model, device_map=resolved, main_device=main_device, force_hooks=force_hooks)
+    finally:
+        quiet.setLevel(level)
+    offloaded = [name for name, param in model.named_parameters() if param.device.type == "meta"]
+    if offloaded:
+        raise ModelLoadError(f"device_map: {len(offloaded)} parameters were offloaded (e.g. {offloaded[0]}); editing needs them resident")
     logger.info("placed the model on %s", ", ".join(sorted(devices)))
     return resolved
 
