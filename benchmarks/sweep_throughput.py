@@ -1,18 +1,19 @@
 """Sweep throughput (runs per minute) on this machine: Ray against in-process, on tiny models.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/sweep_throughput.py [--runs 8] [--edits 20] [--json]
+Usage: OMP_NUM_THREADS=1 python benchmarks/sweep_throughput.py [--runs 8] [--edits 40] [--all-threads] [--json]
 
 The same grid of tiny-llama MEMIT/ENCORE runs (editors x seeds, ``--edits`` edits each, checkpoints
 every 5 edits, weights + activations + edit-quality instruments) goes through three setups, each
 into a fresh root, with the statistics cache warmed first so every setup does the same work:
 
 - ``inprocess_1thread``: one run after another in this process, one torch thread each;
-- ``inprocess_all_threads``: one after another, each run with every core's thread;
+- ``inprocess_all_threads`` (with ``--all-threads``): one after another, each run with every core's
+  thread (do not run it beside other torch work: oversubscribed, it slows down many times over);
 - ``ray``: a local Ray instance over every core, one run per core side by side (one thread each),
   Ray's start-up included.
 
-JSON: {"cores", "runs", "edits", "setups": {name: {"seconds", "runs_per_minute", "backend", "threads"}},
-"ray_speedup_over_inprocess_all_threads"}
+JSON: {"cores", "load_avg" (1-minute, at the end; other work on the machine slows every setup), "runs", "edits", "setups": {name: {"seconds", "runs_per_minute", "backend", "threads"}},
+"ray_speedup" (over inprocess_1thread), "ray_speedup_over_inprocess_all_threads" (with --all-threads)}
 
 What to expect on a cluster: runs are independent, so throughput grows with the number of
 concurrent runs until the shared storage or the statistics pass bound it -- about one run per
@@ -20,9 +21,11 @@ concurrent runs until the shared storage or the statistics pass bound it -- abou
 (a few seconds to start or join, about a second to start each worker's Python). Tiny models make
 that fixed cost look large: on real models a run takes minutes to hours and the overhead vanishes.
 Compute the statistics once beforehand (``editscope stats --shards K``), or every run of a model
-computes the same C0 at the same time. On this 2-core machine expect Ray with two one-thread
-runs side by side to beat one-after-another runs with one thread each by up to 2x, and to roughly
-match one-after-another runs with two threads each (small matrices do not use two threads well).
+computes the same C0 at the same time. On this 2-core machine two one-thread runs side by side can
+at best double the in-process rate; with runs of a few seconds Ray's start-up and per-worker imports
+eat that and more. Measured here (shared machine, 1-minute load average 4.6 on 2 cores), 8 runs of
+40 edits: in process 20.1 runs/min (3.0 s a run), Ray 11.2 runs/min (including about 5 s of start-up);
+4 runs of 20 edits at load 4.0: in process 48.5, Ray 14.0 runs/min.
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ def timed_sweep(path: Path, backend: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=8, help="runs per setup (even: editors x seeds)")
-    parser.add_argument("--edits", type=int, default=20)
+    parser.add_argument("--edits", type=int, default=40)
+    parser.add_argument("--all-threads", action="store_true", help="also time one-after-another runs with every core's thread each")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -92,17 +96,17 @@ def main() -> None:
         os.environ["EDITSCOPE_HOME"] = str(root / "home")  # workers inherit it
         model = tiny_folder(root)
         timed_sweep(sweep_file(root, model, "warmup", 2, 5, 1), "inprocess")  # statistics cache, imports
-        setups = {
-            "inprocess_1thread": timed_sweep(sweep_file(root, model, "inprocess_1thread", args.runs, args.edits, 1), "inprocess"),
-            "inprocess_all_threads": timed_sweep(sweep_file(root, model, "inprocess_all_threads", args.runs, args.edits, cores), "inprocess"),
-        }
+        setups = {"inprocess_1thread": timed_sweep(sweep_file(root, model, "inprocess_1thread", args.runs, args.edits, 1), "inprocess")}
+        if args.all_threads:
+            setups["inprocess_all_threads"] = timed_sweep(sweep_file(root, model, "inprocess_all_threads", args.runs, args.edits, cores), "inprocess")
         try:
             setups["ray"] = timed_sweep(sweep_file(root, model, "ray", args.runs, args.edits, 1), "ray")
         except Exception as exc:  # Ray missing or not starting: report the in-process figures alone
             print(f"ray: skipped ({exc})", file=sys.stderr)
-    result = {"cores": cores, "runs": args.runs, "edits": args.edits, "setups": setups}
-    if "ray" in setups:
-        result["ray_speedup_over_inprocess_all_threads"] = round(setups["ray"]["runs_per_minute"] / setups["inprocess_all_threads"]["runs_per_minute"], 2)
+    result = {"cores": cores, "load_avg": round(os.getloadavg()[0], 2), "runs": args.runs, "edits": args.edits, "setups": setups}
+    for name, key in (("inprocess_1thread", "ray_speedup"), ("inprocess_all_threads", "ray_speedup_over_inprocess_all_threads")):
+        if "ray" in setups and name in setups:
+            result[key] = round(setups["ray"]["runs_per_minute"] / setups[name]["runs_per_minute"], 2)
     if args.json:
         print(json.dumps(result, indent=2))
         return

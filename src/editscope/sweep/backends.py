@@ -15,7 +15,7 @@ from editscope.config import to_dict
 from editscope.sweep.cluster import ray_session, task_options
 from editscope.sweep.config import SweepConfig, SweepRun
 from editscope.sweep.outcome import Listener, Outcome, describe_error, is_retryable
-from editscope.sweep.task import run_task
+from editscope.sweep.task import run_task, run_task_in_worker
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def run_in_process(runs: Sequence[SweepRun], sweep: SweepConfig, listener: Liste
 def run_on_ray(runs: Sequence[SweepRun], sweep: SweepConfig, listener: Listener, address: str | None) -> list[Outcome]:
     """Every run a Ray task with the sweep's resources; Ray places them as CPUs/GPUs free up."""
     with ray_session(address) as ray:
-        remote = ray.remote(run_task).options(**task_options(sweep.resources.num_cpus, sweep.resources.num_gpus, sweep.resources.threads))
+        remote = ray.remote(run_task_in_worker).options(**task_options(sweep.resources.num_cpus, sweep.resources.num_gpus, sweep.resources.threads))
         pending: dict = {}
 
         def submit(run: SweepRun, attempts: int) -> None:

@@ -109,8 +109,11 @@ def stats_config_for_editor(model: str, editor: str = "memit", **overrides: Any)
 
 def collect_shard(model_name: str, device_map: Any, fingerprint: str, layers: Sequence[int], shard: Shard, autocast: str | None, threads: int) -> dict[int, tuple[Tensor, int]]:
     """A worker's part: load the model, check it is the driver's, sum k k^T over ``shard``'s batches."""
+    from transformers.utils import logging as hf_logging
+
     from editscope.models import load, model_fingerprint
 
+    hf_logging.disable_progress_bar()  # a worker process: no loading bars in the driver's log
     with torch_threads(threads):
         loaded = load(model_name, device_map=device_map)
         if model_fingerprint(loaded.model) != fingerprint:

@@ -34,3 +34,11 @@ def run_task(config_data: dict[str, Any], threads: int) -> dict[str, Any]:
     config = from_dict(RunConfig, config_data, where="run")
     with torch_threads(threads):
         return describe(execute(config))
+
+
+def run_task_in_worker(config_data: dict[str, Any], threads: int) -> dict[str, Any]:
+    """:func:`run_task` in a worker process, without the loading progress bars (they would flood the driver's log)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    return run_task(config_data, threads)
