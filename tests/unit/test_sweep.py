@@ -267,3 +267,28 @@ def test_sharded_statistics_equal_single_process(tiny_folder, ray_cluster, tmp_p
         editor.prepare(lm.model, lm.tokenizer)  # the editor reads what the sharded job wrote
     assert "computing second moments" not in caplog.text
     assert compute_statistics(config, backend="ray").cached == (1, 2)
+
+
+def test_cli_stats_in_process_shards(tiny_folder, tmp_path, monkeypatch, capsys):
+    from editscope.cli import main
+
+    monkeypatch.setenv("EDITSCOPE_HOME", str(tmp_path / "home"))
+    args = ["stats", "--model", str(tiny_folder), "--layers", "1,2", "--samples", "60", "--seq-len", "32", "--shards", "2", "--backend", "inprocess", "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["computed"] == [1, 2] and first["cached"] == [] and first["shards"] == 2
+    assert all(Path(p).is_file() and Path(p).is_relative_to(tmp_path / "home") for p in first["files"].values())
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["cached"] == [1, 2]
+    assert main(["stats", "--model", str(tiny_folder), "--editor", "ft", "--backend", "inprocess"]) == 2
+    assert "reads no second-moment statistics" in capsys.readouterr().err
+
+
+def test_resources_no_node_has_are_reported(ray_cluster, caplog):
+    from editscope.sweep.cluster import warn_if_unplaceable
+
+    with caplog.at_level(logging.WARNING):
+        warn_if_unplaceable(ray_cluster, 1, 0)
+        assert "no node" not in caplog.text
+        warn_if_unplaceable(ray_cluster, 2, 0)  # two nodes of one CPU each: none has two
+    assert "no node of the Ray cluster has 2 CPUs" in caplog.text

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from editscope.config import to_dict
-from editscope.sweep.cluster import ray_session, task_options
+from editscope.sweep.cluster import ray_session, task_options, warn_if_unplaceable
 from editscope.sweep.config import SweepConfig, SweepRun
 from editscope.sweep.outcome import Listener, Outcome, describe_error, is_retryable
 from editscope.sweep.task import run_task, run_task_in_worker
@@ -60,6 +60,7 @@ def run_in_process(runs: Sequence[SweepRun], sweep: SweepConfig, listener: Liste
 def run_on_ray(runs: Sequence[SweepRun], sweep: SweepConfig, listener: Listener, address: str | None) -> list[Outcome]:
     """Every run a Ray task with the sweep's resources; Ray places them as CPUs/GPUs free up."""
     with ray_session(address) as ray:
+        warn_if_unplaceable(ray, sweep.resources.num_cpus, sweep.resources.num_gpus)
         remote = ray.remote(run_task_in_worker).options(**task_options(sweep.resources.num_cpus, sweep.resources.num_gpus, sweep.resources.threads))
         pending: dict = {}
 

@@ -52,3 +52,13 @@ def ray_session(address: str | None) -> Iterator[Any]:
 def task_options(num_cpus: float, num_gpus: float, threads: int) -> dict[str, Any]:
     """``.options(...)`` of an editscope Ray task: its resources, no automatic retries (the driver retries), its env."""
     return {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": 0, "runtime_env": {"env_vars": worker_env(threads)}}
+
+
+def warn_if_unplaceable(ray: Any, num_cpus: float, num_gpus: float) -> None:
+    """Log when no node of the cluster, as it is now, can take one task (Ray would keep it waiting)."""
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    if not any(r.get("CPU", 0) >= num_cpus and r.get("GPU", 0) >= num_gpus for r in nodes):
+        logger.warning(
+            "no node of the Ray cluster has %s CPUs and %s GPUs free for one task; tasks wait until one joins "
+            "(sweep.resources asks for them)", num_cpus, num_gpus,
+        )

@@ -150,11 +150,12 @@ def in_process_shards(model: Any, spec: Any, autocast: str | None) -> ShardRunne
 
 def ray_shards(config: StatsConfig, fingerprint: str, address: str | None) -> ShardRunner:
     """Each shard a Ray task with ``config.resources``."""
-    from editscope.sweep.cluster import ray_session, task_options
+    from editscope.sweep.cluster import ray_session, task_options, warn_if_unplaceable
 
     def run(layers: Sequence[int], shards: list[Shard]) -> list[dict[int, SecondMoment]]:
         res = config.resources
         with ray_session(address) as ray:
+            warn_if_unplaceable(ray, res.num_cpus, res.num_gpus)
             remote = ray.remote(collect_shard).options(**task_options(res.num_cpus, res.num_gpus, res.threads))
             refs = [remote.remote(config.model, config.device_map, fingerprint, list(layers), shard, config.autocast, res.threads) for shard in shards]
             results = ray.get(refs)
