@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.errors import DataError
+from editscope.models.placement import input_device
 from editscope.precision import seeded
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def sample_from_model(
 
     The global RNG is forked, so sampling neither depends on nor disturbs the caller's RNG state.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     prompt = torch.full((n_texts, 1), start, dtype=torch.long, device=device)
     with seeded(device, seed):

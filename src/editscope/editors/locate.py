@@ -119,12 +119,12 @@ class LocateEditor(Editor):
             for i, layer in enumerate(layers):
                 keys = compute_keys(model, tokenizer, spec, [layer], requests, self._templates)[layer]
                 current = compute_site_values(model, tokenizer, spec, layers[-1], requests)
-                r = (zres.z - current) / (len(layers) - i)
+                r = (zres.z.to(current.device) - current) / (len(layers) - i)
                 update = self.layer_update(layer, r.to(keys.device), keys)
                 if not torch.isfinite(update).all():
                     raise FloatingPointError(f"{self.name}: non-finite update at layer {layer}")
                 param = model.get_parameter(spec.weight_name(layer))
-                stored = spec.to_stored(update).to(param.dtype)
+                stored = spec.to_stored(update).to(device=param.device, dtype=param.dtype)
                 with torch.no_grad():
                     param.add_(stored)
                 deltas[layer] = stored

@@ -66,12 +66,13 @@ class Rome(LocateEditor):
             for request in requests:
                 k = compute_keys(model, tokenizer, spec, [layer], [request], self._templates)[layer][:, 0]
                 v = compute_z(model, tokenizer, spec, layer, [request], self._templates, self.config.z, site="mlp_out").z[:, 0]
+                k = k.to(param.device)
                 w = spec.as_out_in(param.detach())
-                update = rome_rank_one(w, k, v, c0.to(k.device))
+                update = rome_rank_one(w, k, v.to(param.device), c0.to(param.device))
                 if not torch.isfinite(update).all():
                     raise FloatingPointError(f"rome: non-finite update for request {request.id}")
                 with torch.no_grad():
-                    param.add_(spec.to_stored(update).to(param.dtype))
+                    param.add_(spec.to_stored(update).to(device=param.device, dtype=param.dtype))
                 self.last_vectors.append((k, v))
             delta = param.detach() - originals[name]
         return WeightDelta({name: delta})

@@ -26,6 +26,7 @@ from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.evaluation.scoring import encode_pair, pad_id
 from editscope.evaluation.tasks import Task, TaskData
+from editscope.models.placement import input_device
 from editscope.models.spec import spec_for_config
 
 logger = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def prefix_cache(model: PreTrainedModel, prefix_ids: Sequence[int]) -> Cache | N
     """Key/value cache of ``prefix_ids`` (batch 1), or ``None`` for an empty prefix."""
     if not prefix_ids:
         return None
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=device)
     return model.base_model(input_ids=ids, use_cache=True).cache
 
@@ -196,7 +197,7 @@ def next_token_logits(
     Queries are right-padded; the attention mask covers the prefix and each query's real tokens,
     positions continue from ``prefix_len``, and only the last real position is unembedded.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     width = max(len(q) for q in queries)
     ids = torch.full((len(queries), width), pad, dtype=torch.long)
     mask = torch.zeros((len(queries), prefix_len + width), dtype=torch.long)
@@ -209,8 +210,9 @@ def next_token_logits(
     hidden = model.base_model(
         input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), **kwargs
     )
-    last = torch.tensor([len(q) - 1 for q in queries], device=device)
-    final = hidden.last_hidden_state[torch.arange(len(queries), device=device), last]
+    states = hidden.last_hidden_state  # on the last block's device
+    last = torch.tensor([len(q) - 1 for q in queries], device=states.device)
+    final = states[torch.arange(len(queries), device=states.device), last]
     return head_logits(model, final)
 
 

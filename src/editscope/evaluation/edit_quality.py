@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.evaluation.scoring import TargetScore, left_padded_batch, pad_id, score_targets
+from editscope.models.placement import input_device
 from editscope.precision import seeded
 from editscope.types import EditRequest, NeighborhoodPrompt
 
@@ -68,7 +69,7 @@ def sample_continuations(
     """Top-5 sampled continuations of ``prompts`` (as ROME's fluency test), from a forked, seeded RNG."""
     if not prompts:
         return []
-    device = next(model.parameters()).device
+    device = input_device(model)
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
     ids, mask, _ = left_padded_batch(encoded, pad_id(tokenizer), device)
     with seeded(device, seed):

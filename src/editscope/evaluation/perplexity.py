@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from editscope.data.corpora import load_corpus
 from editscope.errors import DataError
 from editscope.evaluation.downstream import special_prefix
+from editscope.models.placement import input_device
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def make_windows(
 @torch.no_grad()
 def token_nll(model: PreTrainedModel, input_ids: Tensor) -> Tensor:
     """NLL (nats) of each token given the ones before it: ``[batch, pos]`` for ``input_ids`` ``[batch, pos]`` (0 at position 0)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = input_ids.to(device)
     logits = model(input_ids=ids, use_cache=False).logits
     nll = torch.nn.functional.cross_entropy(

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editscope.models.placement import input_device
+
 
 @dataclass(frozen=True)
 class TargetScore:
@@ -154,7 +156,7 @@ def score_targets(
     """Score ``targets[i]`` after ``prompts[i]`` for every i, in batches of ``batch_size``."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    device = next(model.parameters()).device
+    device = input_device(model)
     lengths = [sum(len(x) for x in encode_pair(tokenizer, p, t)) for p, t in zip(prompts, targets)]
     # Longest first: similar lengths share a batch, less padding.
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])

@@ -26,6 +26,7 @@ from editscope.evaluation.downstream import EncodedTask, classify, encode_task, 
 from editscope.evaluation.perplexity import load_texts, make_windows, mean_nll, perplexity, reading_order, source_name
 from editscope.evaluation.tasks import DEFAULT_TASKS, PUBLISHED_AT, TASKS, TaskData, load_tasks
 from editscope.instruments.base import Instrument, register_instrument
+from editscope.models.placement import input_device
 from editscope.precision import autocast
 from editscope.registry import did_you_mean
 
@@ -130,7 +131,7 @@ class DownstreamAbility(Instrument):
     def predictions(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
         """Predicted class of every evaluated example, per task."""
         c = self.config
-        with autocast(next(model.parameters()).device, c.autocast):
+        with autocast(input_device(model), c.autocast):
             return {name: classify(model, encoded, c.batch_size, c.batch_tokens) for name, encoded in self.encoded(tokenizer).items()}
 
     def baseline(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:

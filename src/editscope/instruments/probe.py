@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from editscope.data.corpora import load_corpus
 from editscope.linalg.stats import token_chunks
 from editscope.models.hooks import capture_outputs, output_hidden
+from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
 
 SITES = ("resid", "attn_out", "mlp_out")
@@ -53,7 +54,7 @@ def collect(
     model: PreTrainedModel, spec: ModelSpec, windows: Sequence[Sequence[int]], config: ProbeConfig
 ) -> dict[str, Tensor]:
     """``{"layers.<i>.<site>": Float[Tensor, "tokens d_model"]}`` over the real (unpadded, unskipped) tokens."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     width = max(len(w) for w in windows)
     ids = torch.zeros((len(windows), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -70,4 +71,9 @@ def collect(
         if site in config.sites
     }
     outputs = capture_outputs(model, list(paths.values()), None, input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-    return {key: output_hidden(outputs[path])[keep].float() for key, path in paths.items()}
+    return {key: _rows(output_hidden(outputs[path]), keep).to(device) for key, path in paths.items()}
+
+
+def _rows(hidden: Tensor, keep: Tensor) -> Tensor:
+    """``hidden[keep]`` in float32, on ``hidden``'s device (a block may sit on another device than the inputs)."""
+    return hidden[keep.to(hidden.device)].float()

@@ -101,7 +101,7 @@ class WeightNorms(Instrument):
             metrics[f"weight/{name}/fro"] = fro
             metrics[f"weight/{name}/delta_fro"] = delta
             if self.config.spectral:
-                sigma, self._v[name] = spectral_norm(w, self._v[name], self.config.power_iters)
+                sigma, self._v[name] = spectral_norm(w, self._v[name].to(w.device), self.config.power_iters)
                 metrics[f"weight/{name}/spectral"] = sigma
             if layer in self.config.edited_layers or name in self._watched:
                 edited.append(fro)

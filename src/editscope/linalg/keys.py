@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.linalg.positions import positioned_batch
 from editscope.models.hooks import capture_inputs, capture_outputs, gather_rows, output_hidden
+from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
 from editscope.precision import seeded
 from editscope.types import EditRequest
@@ -33,7 +34,7 @@ def context_templates(
     templates = ["{}"]
     if n_prefixes <= 0:
         return tuple(templates)
-    device = next(model.parameters()).device
+    device = input_device(model)
     with seeded(device, seed):
         for i in range(n_prefixes):
             start = tokenizer(PREFIX_SEEDS[i % len(PREFIX_SEEDS)], return_tensors="pt", add_special_tokens=True)
@@ -75,7 +76,7 @@ def compute_keys(
 
     One forward pass for all layers, stopped after the deepest one.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     prompts, ends = contextual_prompts(requests, templates)
     batch = positioned_batch(tokenizer, prompts, ends, [None] * len(prompts), device)
     paths = {layer: spec.module_path(layer, "mlp_out") for layer in layers}
@@ -104,7 +105,7 @@ def compute_site_values(
     requests: Sequence[EditRequest],
 ) -> Tensor:
     """The residual stream after block ``layer`` at each bare prompt's subject token, ``[d_model, n]``."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     prompts, ends = contextual_prompts(requests, ("{}",))
     batch = positioned_batch(tokenizer, prompts, ends, [None] * len(prompts), device)
     path = spec.layer_path(layer)

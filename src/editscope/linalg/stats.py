@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from editscope.data.corpora import TextCorpus
 from editscope.models.fingerprint import model_fingerprint
 from editscope.models.hooks import capture_inputs
+from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
 from editscope.precision import autocast as autocast_context
 from editscope.storage import atomic_write_bytes, cache_home
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # Bumped whenever what a cache entry means changes (e.g. how texts are cut into samples).
 CACHE_FORMAT = 2
+# Tokens per forward batch of a statistics pass (single-process and sharded passes alike).
+BATCH_TOKENS = 4096
 
 
 @dataclass
@@ -42,9 +45,9 @@ class SecondMoment:
     count: int
 
     def update(self, keys: Tensor) -> None:
-        """Add ``Float[Tensor, "tokens d"]`` keys."""
+        """Add ``Float[Tensor, "tokens d"]`` keys (float32 product, float64 sum on the sum's device)."""
         keys = keys.float()
-        self.sum += (keys.T @ keys).double()
+        self.sum += (keys.T @ keys).double().to(self.sum.device)
         self.count += keys.shape[0]
 
     def merge(self, other: SecondMoment) -> SecondMoment:
@@ -55,6 +58,10 @@ class SecondMoment:
         if self.count == 0:
             raise ValueError("no tokens accumulated")
         return self.sum / self.count
+
+
+# (layers, token chunks) -> partial sums per layer: one process by default, shards elsewhere (editscope.sweep.stats).
+Collector = Callable[[Sequence[int], Sequence[Sequence[int]]], dict[int, SecondMoment]]
 
 
 def token_chunks(
@@ -78,6 +85,50 @@ def token_chunks(
     return windows
 
 
+def stat_batches(chunks: Sequence[Sequence[int]], batch_tokens: int = BATCH_TOKENS) -> list[list[int]]:
+    """Indices into ``chunks``, one list per forward batch: longest chunks first, about ``batch_tokens`` a batch.
+
+    The single-process pass and every shard of a sharded pass (see :func:`shard_batches`) run these
+    same batches, so each batch's float32 products are the same wherever it runs; only the order of
+    the float64 additions differs.
+    """
+    order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i]))
+    batches: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        width = len(chunks[order[start]])
+        rows = max(1, batch_tokens // max(width, 1))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def shard_batches(batches: Sequence[Sequence[int]], chunks: Sequence[Sequence[int]], shards: int) -> list[list[list[int]]]:
+    """``batches`` cut into at most ``shards`` consecutive groups of about equal token counts (none empty)."""
+    if shards < 1:
+        raise ValueError(f"shards: must be >= 1, got {shards}")
+    tokens = [sum(len(chunks[i]) for i in batch) for batch in batches]
+    total, groups, current, done = sum(tokens), [], [], 0
+    for batch, count in zip(batches, tokens):
+        current.append(list(batch))
+        done += count
+        if len(groups) < shards - 1 and done >= total * (len(groups) + 1) / shards:
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
+
+
+def merge_moments(parts: Sequence[Mapping[int, SecondMoment]]) -> dict[int, SecondMoment]:
+    """Exact merge of partial sums (float64 sums and token counts) per layer."""
+    merged: dict[int, SecondMoment] = {}
+    for part in parts:
+        for layer, moment in part.items():
+            merged[layer] = merged[layer].merge(moment) if layer in merged else SecondMoment(moment.sum.clone(), moment.count)
+    return merged
+
+
 @torch.no_grad()
 def collect_second_moments(
     model: PreTrainedModel,
@@ -85,39 +136,38 @@ def collect_second_moments(
     layers: Sequence[int],
     chunks: Sequence[Sequence[int]],
     *,
-    batch_tokens: int = 4096,
+    batch_tokens: int = BATCH_TOKENS,
     stop_early: bool = True,
     autocast: str | None = None,
+    batches: Sequence[Sequence[int]] | None = None,
 ) -> dict[int, SecondMoment]:
     """One pass over ``chunks`` (token id lists) accumulating E[k k^T] at every layer in ``layers``.
 
     With ``stop_early`` the forward pass ends after the deepest layer's projection has read its input.
     ``autocast`` (e.g. ``"bfloat16"``) runs the forward pass in reduced precision; the products are
-    still float32 and the sums float64.
+    still float32 and the sums float64. ``batches`` (indices into ``chunks``) defaults to
+    :func:`stat_batches`. Each layer's sum lives on that layer's device.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     paths = {layer: spec.module_path(layer, "mlp_out") for layer in layers}
-    d_in = {layer: int(spec.mlp_out_weight(model, layer).shape[1]) for layer in layers}
-    moments = {layer: SecondMoment(torch.zeros(d_in[layer], d_in[layer], dtype=torch.float64, device=device), 0) for layer in layers}
-    order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i]))
-    start = 0
-    while start < len(order):
-        width = len(chunks[order[start]])
-        rows = max(1, batch_tokens // max(width, 1))
-        group = [chunks[i] for i in order[start : start + rows]]
-        start += rows
+    moments = {}
+    for layer in layers:
+        weight = spec.mlp_out_weight(model, layer)
+        moments[layer] = SecondMoment(torch.zeros(weight.shape[1], weight.shape[1], dtype=torch.float64, device=weight.device), 0)
+    stop = paths[max(layers)] if stop_early else None
+    for batch in stat_batches(chunks, batch_tokens) if batches is None else batches:
+        group = [chunks[i] for i in batch]
+        width = max(len(seq) for seq in group)
         ids = torch.full((len(group), width), 0, dtype=torch.long)
         mask = torch.zeros((len(group), width), dtype=torch.long)
         for r, seq in enumerate(group):
             ids[r, : len(seq)] = torch.tensor(seq)
             mask[r, : len(seq)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        stop = paths[max(layers)] if stop_early else None
         with autocast_context(device, autocast):
-            captured = capture_inputs(model, list(paths.values()), stop, input_ids=ids, attention_mask=mask, use_cache=False)
+            captured = capture_inputs(model, list(paths.values()), stop, input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         real = mask.bool()
         for layer, path in paths.items():
-            moments[layer].update(captured[path][real])
+            moments[layer].update(captured[path][real.to(captured[path].device)])
     return moments
 
 
@@ -132,7 +182,8 @@ def collect_second_moments_per_layer(
     return out
 
 
-def _cache_path(fingerprint: str, param: str, corpus: TextCorpus, n_samples: int, seq_len: int, autocast: str | None) -> Path:
+def cache_path(fingerprint: str, param: str, corpus: TextCorpus, n_samples: int, seq_len: int, autocast: str | None) -> Path:
+    """The cache file of one parameter's statistics (its ``.json`` sidecar holds the count and checksum)."""
     key = f"{param}|{corpus.fingerprint}|{n_samples}|{seq_len}|{CACHE_FORMAT}|{autocast or 'model-dtype'}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_home() / "stats" / fingerprint / f"{param}.{digest}.safetensors"
@@ -160,6 +211,32 @@ def _write_cached(path: Path, moment: SecondMoment, info: dict[str, object]) -> 
     atomic_write_bytes(path, data)
 
 
+def read_cached_moments(
+    fingerprint: str, spec: ModelSpec, layers: Sequence[int], corpus: TextCorpus, *, n_samples: int, seq_len: int, autocast: str | None
+) -> dict[int, SecondMoment]:
+    """The cached sums of those ``layers`` that have a readable cache entry."""
+    found = {}
+    for layer in layers:
+        cached = _read_cached(cache_path(fingerprint, spec.weight_name(layer), corpus, n_samples, seq_len, autocast))
+        if cached is not None:
+            found[layer] = cached
+    return found
+
+
+def write_cached_moments(
+    fingerprint: str, spec: ModelSpec, moments: Mapping[int, SecondMoment], corpus: TextCorpus, *, n_samples: int, seq_len: int, autocast: str | None
+) -> list[Path]:
+    """Write each layer's sums to the cache the editors read; returns the files written."""
+    paths = []
+    for layer, moment in moments.items():
+        param = spec.weight_name(layer)
+        info = {"param": param, "corpus": corpus.metadata, "n_samples": n_samples, "seq_len": seq_len, "model": fingerprint, "autocast": autocast}
+        path = cache_path(fingerprint, param, corpus, n_samples, seq_len, autocast)
+        _write_cached(path, moment, info)
+        paths.append(path)
+    return paths
+
+
 def second_moments(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -172,30 +249,27 @@ def second_moments(
     use_cache: bool = True,
     fingerprint: str | None = None,
     autocast: str | None = None,
+    collect: Collector | None = None,
 ) -> dict[int, Tensor]:
-    """C0 per layer (``Float64[Tensor, "d_mlp d_mlp"]``), from the disk cache where possible.
+    """C0 per layer (``Float64[Tensor, "d_mlp d_mlp"]``, on the layer's device), from the disk cache where possible.
 
     ``fingerprint`` names the model the statistics belong to (default: this model's); a
     sequential editor passes the unedited model's, so a resumed run reads the same C0.
+    ``collect`` computes the missing layers' sums (default: :func:`collect_second_moments` in this
+    process; ``editscope.sweep.stats`` passes one that splits the chunks into shards).
     """
     fingerprint = fingerprint or model_fingerprint(model)
-    device = next(model.parameters()).device
-    result: dict[int, Tensor] = {}
-    missing = []
-    for layer in layers:
-        path = _cache_path(fingerprint, spec.weight_name(layer), corpus, n_samples, seq_len, autocast)
-        cached = _read_cached(path) if use_cache else None
-        if cached is None:
-            missing.append(layer)
-        else:
-            result[layer] = cached.mean().to(device)
+    key = {"corpus": corpus, "n_samples": n_samples, "seq_len": seq_len, "autocast": autocast}
+    moments = read_cached_moments(fingerprint, spec, layers, **key) if use_cache else {}
+    missing = [layer for layer in layers if layer not in moments]
     if missing:
         logger.info("computing second moments for layers %s over %d texts x %d tokens", missing, n_samples, seq_len)
         chunks = token_chunks(tokenizer, corpus, n_samples, seq_len)
-        moments = collect_second_moments(model, spec, missing, chunks, autocast=autocast)
-        for layer, moment in moments.items():
-            if use_cache:
-                info = {"param": spec.weight_name(layer), "corpus": corpus.metadata, "n_samples": n_samples, "seq_len": seq_len, "model": fingerprint, "autocast": autocast}
-                _write_cached(_cache_path(fingerprint, spec.weight_name(layer), corpus, n_samples, seq_len, autocast), moment, info)
-            result[layer] = moment.mean()
-    return result
+        if collect is None:
+            computed = collect_second_moments(model, spec, missing, chunks, autocast=autocast)
+        else:
+            computed = collect(missing, chunks)
+        if use_cache:
+            write_cached_moments(fingerprint, spec, computed, **key)
+        moments.update(computed)
+    return {layer: moments[layer].mean().to(spec.mlp_out_weight(model, layer).device) for layer in layers}

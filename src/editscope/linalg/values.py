@@ -32,6 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from editscope.linalg.keys import contextual_prompts
 from editscope.linalg.positions import PositionedBatch, positioned_batch
 from editscope.models.hooks import capture_outputs, gather_rows, hooks, output_hidden, replace_hidden
+from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
 from editscope.precision import autocast
 from editscope.types import EditRequest
@@ -137,7 +138,7 @@ def compute_z(
     site: Literal["residual", "mlp_out"] = "residual",
 ) -> ZResult:
     """Optimize z* for all ``requests`` at once at ``site`` of block ``layer`` (see the module docstring)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     n, t = len(requests), len(templates)
     prompts, ends = contextual_prompts(requests, templates)
     # rows: n*t rewriting rows (request-major), then n KL rows (the bare subject)
@@ -160,11 +161,12 @@ def compute_z(
     delta = torch.zeros((n, d_model), device=device, dtype=torch.float32, requires_grad=True)
 
     def inject(module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+        # The site may sit on another device than the inputs (a device map): move to it, and h back.
         hidden = output_hidden(output)
         if "h" not in captured:
-            captured["h"] = gather_rows(hidden, batch.position).detach().float()
-        add = torch.zeros_like(hidden)
-        add = add.index_put((torch.arange(hidden.shape[0], device=device), batch.position), delta[owner].to(hidden.dtype))
+            captured["h"] = gather_rows(hidden, batch.position).detach().float().to(device)
+        rows = (torch.arange(hidden.shape[0], device=hidden.device), batch.position.to(hidden.device))
+        add = torch.zeros_like(hidden).index_put(rows, delta[owner].to(device=hidden.device, dtype=hidden.dtype))
         return replace_hidden(output, hidden + add)
 
     stack = contextlib.ExitStack()

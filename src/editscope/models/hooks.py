@@ -91,5 +91,5 @@ def capture_outputs(model: nn.Module, paths: list[str], stop_after: str | None, 
 
 
 def gather_rows(hidden: Tensor, positions: Tensor) -> Tensor:
-    """``hidden[i, positions[i]]`` for every row: [batch, pos, d] x [batch] -> [batch, d]."""
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
+    """``hidden[i, positions[i]]`` for every row: [batch, pos, d] x [batch] -> [batch, d] (on ``hidden``'s device)."""
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions.to(hidden.device)]

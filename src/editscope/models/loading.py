@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from editscope.errors import ModelLoadError
 from editscope.models.bundled import BUNDLED_MODELS, ensure_bundled
+from editscope.models.placement import DeviceMap, place_model
 from editscope.models.spec import ModelSpec, spec_for_config
 
 logger = logging.getLogger(__name__)
@@ -95,12 +96,15 @@ def load_hub(repo_id: str, *, dtype: torch.dtype | None = None) -> LoadedModel:
     return _finish(model, tokenizer, repo_id, repo_id)
 
 
-def load(name_or_path: str, *, dtype: torch.dtype | None = None) -> LoadedModel:
+def load(name_or_path: str, *, dtype: torch.dtype | None = None, device_map: DeviceMap | None = None) -> LoadedModel:
     """Load a bundled model by name, a local HF folder, or a hub id.
 
     Args:
         name_or_path: ``smollm2-135m`` / ``gemma3-270m``, a folder path, or ``org/name``.
         dtype: parameter dtype; fp32 by default (the bundled weights are dequantized to fp32).
+        device_map: where the modules go (see :mod:`editscope.models.placement`): a device
+            (``"cuda:0"``), a strategy (``"auto"``) or ``{module path: device}``; ``None`` keeps the
+            model on the CPU. The weights are read into CPU memory first, then moved.
     """
     start = time.perf_counter()
     if name_or_path in BUNDLED_MODELS:
@@ -111,6 +115,8 @@ def load(name_or_path: str, *, dtype: torch.dtype | None = None) -> LoadedModel:
         raise ModelLoadError(f"model folder {name_or_path!r} does not exist")
     else:
         loaded = load_hub(name_or_path, dtype=dtype)
+    if device_map is not None:
+        place_model(loaded.model, device_map)
     logger.info("loaded %s (%s) in %.1f s", name_or_path, loaded.spec.name, time.perf_counter() - start)
     return loaded
 

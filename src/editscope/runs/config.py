@@ -16,6 +16,8 @@ from typing import Any
 
 from editscope.config import ConfigError, from_dict, load_yaml, to_dict
 
+# Fields that say where a run is written or computed, not what it computes: left out of the digest.
+PLACEMENT_FIELDS = ("out", "device_map")
 DEFAULT_INSTRUMENTS = ("weights", "activations", "subspace", "edit_quality", "perplexity")
 
 
@@ -38,10 +40,10 @@ class RunConfig:
         log_points: if > 0, that many log-spaced checkpoints instead of ``every``.
         instruments: instrument names measured at each checkpoint.
         instrument_config: per-instrument settings, ``{name: {field: value}}``.
-        device: ``auto`` (CUDA where there is one, else CPU), ``cpu``, ``cuda``, ``cuda:1``... Where
-            the run computes, not what: not part of the digest (a run may resume on another device;
-            it is then not bit-identical to an uninterrupted one).
         out: the run folder.
+        device_map: where the model runs: ``None`` (CPU), a device (``cuda:0``), ``auto`` (spread
+            over the visible GPUs by accelerate) or ``{module path: device}``; see
+            :mod:`editscope.models.placement`. Not part of the digest: a run may resume elsewhere.
     """
 
     model: str = "smollm2-135m"
@@ -58,10 +60,12 @@ class RunConfig:
     log_points: int = 0
     instruments: tuple[str, ...] = DEFAULT_INSTRUMENTS
     instrument_config: dict[str, dict[str, Any]] = field(default_factory=dict)
-    device: str = "auto"
     out: str = "runs/run"
+    device_map: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.device_map is not None and not isinstance(self.device_map, (str, Mapping)):
+            raise ConfigError(f"run.device_map: expected a device, a strategy or {{module: device}}, got {self.device_map!r}")
         for name in ("edits", "batch_size", "every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name}: must be >= 1, got {getattr(self, name)}")
@@ -76,7 +80,7 @@ class RunConfig:
 
     def digest(self) -> str:
         """Hash of everything that decides the run's results (not where it is written)."""
-        data = {k: v for k, v in to_dict(self).items() if k not in ("out", "device")}
+        data = {k: v for k, v in to_dict(self).items() if k not in PLACEMENT_FIELDS}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

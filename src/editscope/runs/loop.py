@@ -224,14 +224,12 @@ class SequentialRun:
 def execute(config: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: Progress | None = None) -> RunSummary:
     """Run ``config`` into ``config.out``; everything that can be checked is checked before the model loads."""
     from editscope.models import load
-    from editscope.models.loading import resolve_device
 
     store = RunStore(config.out)
     store.check_writable()
     requests = select_requests(config)
     store.begin(config, resume=resume, overwrite=overwrite, resolved=resolved_settings(config))
-    loaded = load(config.model)
-    loaded.model.to(resolve_device(config.device))
+    loaded = load(config.model, device_map=config.device_map)
     loaded.model.eval()
     run = SequentialRun(config, loaded.model, loaded.tokenizer, requests, store)
     summary = run.run(progress)

@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from editscope.config import ConfigError, from_dict, to_dict
-from editscope.runs.config import RunConfig
+from editscope.runs.config import PLACEMENT_FIELDS, RunConfig
 from editscope.storage import atomic_directory, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,24 @@ class RunStore:
         data.pop("resolved", None)
         return from_dict(self.config_class, data, where=str(path))
 
+    def saved_progress(self) -> dict[str, Any] | None:
+        """The last checkpoint's progress record (``state/state.json``), without reading any tensor."""
+        path = self.path / STATE / "state.json"
+        if not path.is_file():
+            return None
+        return dict(json.loads(path.read_text())["progress"])
+
+    def is_complete(self, config: Any, last: int) -> bool:
+        """Whether the folder holds ``config``'s run (same digest), checkpointed at position ``last`` (e.g. its last edit)."""
+        try:
+            saved = self.saved_config()
+        except ConfigError:
+            return False
+        if saved is None or saved.digest() != config.digest():
+            return False
+        progress = self.saved_progress()
+        return progress is not None and int(progress.get(self.position, -1)) >= last
+
     def begin(self, config: Any, *, resume: bool, overwrite: bool, resolved: Mapping[str, Any] | None = None) -> None:
         """Claim the folder for ``config``: refuse a different run's folder unless ``overwrite``.
 
@@ -113,7 +131,7 @@ class RunStore:
             shutil.rmtree(self.path / STATE, ignore_errors=True)
             saved = None
         if saved is not None and saved.digest() != config.digest():
-            changed = sorted(k for k, v in to_dict(config).items() if k != "out" and to_dict(saved).get(k) != v)
+            changed = sorted(k for k, v in to_dict(config).items() if k not in PLACEMENT_FIELDS and to_dict(saved).get(k) != v)
             raise ConfigError(
                 f"{self.path} holds a run with a different config (differs in: {', '.join(changed)}); "
                 "use --resume to continue it or --overwrite to replace it"
