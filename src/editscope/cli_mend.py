@@ -33,7 +33,11 @@ def cmd_mend_train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides["steps"] = args.steps
     MENDTrainConfig.from_mapping(overrides)  # a typo fails before the model loads
-    loaded = load(args.model)
+    model_name = args.model
+    if model_name is None:
+        resumed = args.resume and args.out is not None and is_checkpoint(args.out)
+        model_name = json.loads((Path(args.out) / "mend.json").read_text())["model"] if resumed else "smollm2-135m"
+    loaded = load(model_name)
     model = loaded.model.to(_device(args.device))
     out = Path(args.out) if args.out else default_checkpoint_folder(model_fingerprint(model))
     saved = None
@@ -49,10 +53,10 @@ def cmd_mend_train(args: argparse.Namespace) -> int:
     data = args.data or (saved.meta["data"]["source"] if saved else "demo")
     requests = load_requests(data, args.format)
     train, held_out = split_requests(requests, config.held_out, config.seed)
-    trainer = MENDTrainer(model, loaded.tokenizer, train, held_out, config, model_name=args.model, data_name=str(data))
+    trainer = MENDTrainer(model, loaded.tokenizer, train, held_out, config, model_name=model_name, data_name=str(data))
     if saved is not None:
         trainer.restore(saved)
-    print(f"MEND for {args.model} (fingerprint {trainer.fingerprint}): {len(train)} training requests from {data}, "
+    print(f"MEND for {model_name} (fingerprint {trainer.fingerprint}): {len(train)} training requests from {data}, "
           f"{len(held_out)} held out (listed in {out / HELD_OUT}); edits {len(trainer.sites)} matrices: "
           f"{', '.join(s.name for s in trainer.sites)}", flush=True)
     print(f"steps {trainer.step} -> {config.steps}, batch {config.batch_size}, checkpoint every {config.checkpoint_every} to {out}", flush=True)
@@ -117,7 +121,7 @@ def add_mend_parser(sub: Any) -> None:
     mend = sub.add_parser("mend", help="train MEND hypernetworks (the `mend` editor needs one per model)")
     mend_sub = mend.add_subparsers(dest="mend_command", required=True, metavar="mend-command")
     train = mend_sub.add_parser("train", help="train a MEND hypernetwork for a model (resumable, periodic checkpoints)")
-    train.add_argument("--model", default="smollm2-135m", help="bundled name, HF folder or hub id")
+    train.add_argument("--model", default=None, help="bundled name, HF folder or hub id (default: smollm2-135m, or the resumed checkpoint's)")
     train.add_argument("--data", default=None, help="edit dataset file or 'demo' (default: demo; a held-out part is never trained on)")
     train.add_argument("--format", default=None, help="force a dataset format")
     train.add_argument("--steps", type=int, default=None, help="training steps (default from the config: 1000)")

@@ -288,7 +288,7 @@ def test_cli_train_resume_info_and_run(tiny_folder, tmp_path, capsys):
     assert main([*common, "--steps", "2"]) == 0
     assert main([*common, "--steps", "3"]) == 2  # a checkpoint is there: resume or overwrite
     assert "--resume to continue" in capsys.readouterr().err
-    assert main(["mend", "train", "--model", str(tiny_folder), "--out", str(out), "--device", "cpu", "--steps", "4", "--resume", "--json"]) == 0
+    assert main(["mend", "train", "--out", str(out), "--device", "cpu", "--steps", "4", "--resume", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
     assert summary["step"] == 4 and summary["config"]["rank"] == 8
     assert main(["mend", "info", str(out), "--json"]) == 0
