@@ -58,7 +58,7 @@ def train_tiny_mend(model, tokenizer, out: Path, *, steps: int = 30, seed: int =
     from editscope.editors.mend import MENDTrainConfig, MENDTrainer, split_requests
 
     requests = load_requests("demo")[:60]
-    settings = {"layers": (-2, -1), "rank": 16, "steps": steps, "batch_size": 4, "lr": 1e-3, "edit_weight": 1.0,
+    settings = {"layers": (-2, -1), "rank": 16, "steps": steps, "batch_size": 4, "lr": 1e-2, "lr_final": 1.0, "edit_weight": 1.0,
                 "checkpoint_every": steps, "autocast": None, "seed": seed, **overrides}
     config = MENDTrainConfig(**settings)
     train, held_out = split_requests(requests, config.held_out, config.seed)

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -193,8 +194,14 @@ def _assignments(items: Sequence[str], flag: str) -> dict[str, Any]:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        node[leaf] = value
     return out
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:

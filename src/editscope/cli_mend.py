@@ -124,7 +124,7 @@ def add_mend_parser(sub: Any) -> None:
     train.add_argument("--model", default=None, help="bundled name, HF folder or hub id (default: smollm2-135m, or the resumed checkpoint's)")
     train.add_argument("--data", default=None, help="edit dataset file or 'demo' (default: demo; a held-out part is never trained on)")
     train.add_argument("--format", default=None, help="force a dataset format")
-    train.add_argument("--steps", type=int, default=None, help="training steps (default from the config: 1000)")
+    train.add_argument("--steps", type=int, default=None, help="training steps (default: MENDTrainConfig.steps, 2500)")
     train.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: $EDITSCOPE_HOME/mend/<model fingerprint>)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training hyperparameter, e.g. rank=128 (see MENDTrainConfig)")
     train.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")

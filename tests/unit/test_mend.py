@@ -213,8 +213,13 @@ def test_resumed_training_continues_bit_identically(tmp_path):
 
     straight = trainer(config)
     straight.train(tmp_path / "straight")
-    first = trainer(MENDTrainConfig(**{**config.__dict__, "steps": 3}))
-    first.train(tmp_path / "interrupted")
+
+    def interrupt(step, total, metrics):
+        if step == 4:
+            raise KeyboardInterrupt  # after step 4; the last checkpoint is step 3's
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer(config).train(tmp_path / "interrupted", interrupt)
     resumed = trainer(config)
     resumed.restore(load_checkpoint(tmp_path / "interrupted", optimizer=True))
     assert resumed.step == 3
@@ -301,3 +306,10 @@ def test_cli_train_resume_info_and_run(tiny_folder, tmp_path, capsys):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["edits"] for r in records] == [0, 2, 4]
     assert main(["run", "--editor", "ft", "--mend-checkpoint", str(out), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_learning_rate_schedule_is_a_cosine_to_the_final_fraction():
+    from editscope.editors.mend.training import lr_factor
+
+    assert lr_factor(0, 100, 0.1) == 1.0 and abs(lr_factor(100, 100, 0.1) - 0.1) < 1e-12
+    assert abs(lr_factor(50, 100, 0.1) - 0.55) < 1e-12 and lr_factor(70, 100, 1.0) == 1.0

@@ -99,15 +99,18 @@ class RunningMoments(nn.Module):
 class LowRankResidual(nn.Module):
     """One layer of MEND's network, Eq. 3a/3b: ``z + act(s_ℓ ⊙ (U V z + b) + o_ℓ)`` with ``s_ℓ = 1 + scale_ℓ``.
 
-    ``V`` (rank, dim) is drawn from N(0, 1) and ``U`` (dim, rank) starts at zero, as in MEND's
-    ``LRLinear`` with ``init="id"``: the layer starts as the identity.
+    ``U`` (dim, rank) starts at zero, as in MEND's ``LRLinear`` with ``init="id"``: the layer starts
+    as the identity. ``V`` (rank, dim) is drawn from N(0, 1/dim) rather than MEND's N(0, 1), so that
+    ``V z`` has unit-scale entries for normalized ``z``: an optimizer step on ``U`` then moves the
+    output by about the learning rate whatever the width (MEND compensates with a 1e-6 learning rate
+    and 100k+ steps).
     """
 
     def __init__(self, dim: int, rank: int, modes: int, relu: bool, generator: torch.Generator) -> None:
         super().__init__()
         rank = min(rank, dim)
         self.relu = relu
-        self.down = nn.Parameter(torch.randn(rank, dim, generator=generator))
+        self.down = nn.Parameter(torch.randn(rank, dim, generator=generator) / math.sqrt(dim))
         self.up = nn.Parameter(torch.zeros(dim, rank))
         self.bias = nn.Parameter(torch.zeros(dim))
         self.mode_scale = nn.Parameter(torch.zeros(modes, dim))
