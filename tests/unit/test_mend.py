@@ -17,6 +17,7 @@ from editscope.editors.mend import MENDCheckpointError, MENDNetwork, MENDTrainCo
 from editscope.editors.mend.factors import edit_sites, gradient_factors, low_rank_edits, pack_groups, tokens_of
 from editscope.editors.mend.network import NORM_EPS, WeightSlot, mend_update, merge_moments, rank_one_gradient
 from editscope.editors.mend.training import per_row_nll
+from editscope.evaluation import score_targets
 from editscope.models import TINY_ARCHS, model_fingerprint, tiny_model
 from editscope.types import EditRequest, WeightDelta
 
@@ -165,6 +166,18 @@ def test_batched_edit_is_the_sum_of_single_edits(mend_checkpoint):
         assert torch.allclose(both.deltas[name], single.deltas[name], atol=1e-5 * float(both.deltas[name].abs().max()))
 
 
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_trained_network_edits_every_tiny_architecture(arch, mend_checkpoint):
+    model, tok, _ = tiny_model(arch)
+    editor = build_editor("mend", {"checkpoint": str(mend_checkpoint(arch))})
+    before = [s.logprob for s in score_targets(model, tok, [r.text for r in REQUESTS], [r.target_new for r in REQUESTS])]
+    delta = editor.compute_delta(model, tok, REQUESTS)
+    assert delta.is_finite() and set(delta.names) == set(editor.edited_parameters(model))
+    with torch.no_grad(), delta.applied(model):
+        after = [s.logprob for s in score_targets(model, tok, [r.text for r in REQUESTS], [r.target_new for r in REQUESTS])]
+    assert all(a > b for a, b in zip(after, before)) and sum(after) - sum(before) > 2.0, (before, after)
+
+
 def test_training_lowers_the_post_edit_loss(tmp_path):
     """The edit made by a trained network beats the edit of the same network after one step."""
     model, tok, _ = tiny_model("llama")
@@ -263,8 +276,11 @@ def test_corrupt_checkpoint_is_a_clear_error(mend_checkpoint, tmp_path, damage):
 
 def test_missing_checkpoint_and_wrong_layers_are_clear_errors(mend_checkpoint, tmp_path):
     model, tok, _ = tiny_model("llama")
-    with pytest.raises(MENDCheckpointError, match="no trained hypernetwork at .*editscope mend train"):
-        build_editor("mend", {"checkpoint": str(tmp_path / "nothing")}).compute_delta(model, tok, REQUESTS)
+    with pytest.raises(ConfigError, match="no such folder .*editscope mend train"):
+        build_editor("mend", {"checkpoint": str(tmp_path / "nothing")})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MENDCheckpointError, match="is not a MEND checkpoint"):
+        build_editor("mend", {"checkpoint": str(tmp_path / "empty")}).compute_delta(model, tok, REQUESTS)
     with pytest.raises(MENDCheckpointError, match="no trained hypernetwork"):
         build_editor("mend").prepare(model, tok)  # the default location is empty
     with pytest.raises(ConfigError, match=r"layers \[1\] asked for, but .* trained for layers \[2, 3\]"):

@@ -52,8 +52,15 @@ class MENDConfig(EditorConfig):
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
-        if self.checkpoint is not None and not self.checkpoint.strip():
+        if self.checkpoint is None:
+            return
+        if not self.checkpoint.strip():
             raise ConfigError("MENDConfig.checkpoint: empty path (leave it out for the default location)")
+        if not Path(self.checkpoint).expanduser().exists():
+            raise ConfigError(
+                f"MENDConfig.checkpoint: no such folder {self.checkpoint!r}; train a hypernetwork there with "
+                f"`editscope mend train --model <model> --out {self.checkpoint}`"
+            )
 
 
 @register_editor("mend")
