@@ -50,3 +50,32 @@ def _private_cache_home(request, monkeypatch, _throwaway_home):
     """Tiny models' statistics go to a throwaway cache; real-model tests use the user's cache."""
     if "integration" not in request.node.path.parts:
         monkeypatch.setenv("EDITSCOPE_HOME", str(_throwaway_home))
+
+
+def train_tiny_mend(model, tokenizer, out: Path, *, steps: int = 30, seed: int = 0, **overrides) -> Path:
+    """Train a small MEND hypernetwork on ``model`` with demo requests (a few seconds) into ``out``."""
+    from editscope.data import load_requests
+    from editscope.editors.mend import MENDTrainConfig, MENDTrainer, split_requests
+
+    requests = load_requests("demo")[:60]
+    settings = {"layers": (-2, -1), "rank": 16, "steps": steps, "batch_size": 4, "lr": 1e-2, "lr_final": 1.0, "edit_weight": 1.0,
+                "checkpoint_every": steps, "autocast": None, "seed": seed, **overrides}
+    config = MENDTrainConfig(**settings)
+    train, held_out = split_requests(requests, config.held_out, config.seed)
+    trainer = MENDTrainer(model, tokenizer, train, held_out, config, model_name="tiny", data_name="demo[:60]")
+    trainer.train(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mend_checkpoint(tmp_path_factory):
+    """``arch -> folder`` of a MEND hypernetwork trained for ``tiny_model(arch)`` (trained once per session)."""
+    trained: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in trained:
+            model, tok, _ = tiny_model(arch)
+            trained[arch] = train_tiny_mend(model, tok, tmp_path_factory.mktemp(f"mend-{arch}") / "ckpt")
+        return trained[arch]
+
+    return get

@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -185,8 +186,14 @@ def _assignments(items: Sequence[str], flag: str) -> dict[str, Any]:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        node[leaf] = value
     return out
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -201,6 +208,11 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["editor_config"] = _assignments(args.hp, "--hp")
     if args.inst:
         overrides["instrument_config"] = _assignments(args.inst, "--inst")
+    if args.mend_checkpoint is not None:
+        if args.editor not in (None, "mend"):
+            raise EditscopeError(f"--mend-checkpoint is for the mend editor, not {args.editor!r}")
+        overrides["editor"] = "mend"
+        overrides.setdefault("editor_config", {})["checkpoint"] = str(args.mend_checkpoint)
     if args.downstream_dir is not None:
         from editscope.runs import DEFAULT_INSTRUMENTS
 
@@ -380,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--downstream-dir", type=Path, default=None, metavar="DIR", help="add few-shot GLUE/MMLU evaluation from the task files in DIR")
     run.add_argument("--device", "--device-map", dest="device_map", default=None,
                      help="where the model runs: cpu (default), cuda, cuda:1, or a strategy spreading it over GPUs (auto, balanced, sequential)")
+    run.add_argument("--mend-checkpoint", type=Path, default=None, metavar="DIR", help="trained MEND hypernetwork (implies --editor mend)")
     run.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run folder with a different config")
     run.set_defaults(func=cmd_run)
@@ -396,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--dpi", type=int, default=200, help="PNG resolution (default 200)")
     report.add_argument("--figures", default="", help="comma-separated figure names to draw (default: all), e.g. weight_norms,balance")
     report.set_defaults(func=cmd_report)
+
+    from editscope.cli_mend import add_mend_parser
+
+    add_mend_parser(sub)
 
     predict = sub.add_parser("predict", help="load a model and show what it predicts for demo facts")
     predict.add_argument("--model", default="smollm2-135m")

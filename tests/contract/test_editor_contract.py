@@ -33,7 +33,10 @@ TINY_OVERRIDES: dict[str, dict] = {
     "ft": {"layers": [1, 2], "steps": 20, "lr": 5e-2},
     "ft-l": {"layers": [1, 2], "steps": 20, "lr": 5e-2, "norm_constraint": 5e-2},
     "lora": {"layers": [1, 2], "steps": 30, "lr": 5e-2, "rank": 4},
+    "mend": {"layers": [-2, -1]},
 }
+# Editors that need something trained for the model: the fixture giving ``arch -> {field: value}``.
+TRAINED: dict[str, str] = {"mend": "mend_checkpoint"}
 
 REQUESTS = [
     EditRequest(id="a", prompt="The capital of {} is", subject="France", target_new="Rome", target_true="Paris"),
@@ -50,10 +53,17 @@ def tiny(request):
     return tiny_model(request.param, seed=0)
 
 
-def make_editor(name: str):
+def make_editor(name: str, extra: dict | None = None):
     if name not in TINY_OVERRIDES:
         pytest.fail(f"editor {name!r} has no TINY_OVERRIDES entry in the contract tests")
-    return build_editor(name, TINY_OVERRIDES[name])
+    return build_editor(name, {**TINY_OVERRIDES[name], **(extra or {})})
+
+
+def trained_overrides(name: str, arch: str, request) -> dict:
+    """``{"checkpoint": folder}`` for editors in ``TRAINED``, trained for ``tiny_model(arch)``; else nothing."""
+    if name not in TRAINED:
+        return {}
+    return {"checkpoint": str(request.getfixturevalue(TRAINED[name])(arch))}
 
 
 def _snapshot(model):
@@ -61,9 +71,9 @@ def _snapshot(model):
 
 
 @pytest.mark.parametrize("name", editors())
-def test_contract(name, tiny):
-    model, tok, _ = tiny
-    editor = make_editor(name)
+def test_contract(name, tiny, request):
+    model, tok, spec = tiny
+    editor = make_editor(name, trained_overrides(name, spec.name, request))
     before = _snapshot(model)
     grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
     p_before = [s.logprob for s in score_targets(model, tok, [r.text for r in REQUESTS], [r.target_new for r in REQUESTS])]
