@@ -175,3 +175,46 @@ def test_cli_posttrain_then_diff(tiny_folder, tmp_path, capsys):
     last = read_metrics_file(out / "metrics.jsonl", "step")[-1]["metrics"]
     for row in report["matrices"]:
         assert row["delta_fro"] == pytest.approx(last[f"weight/{row['name']}/delta_fro"], rel=1e-9, abs=1e-12)
+
+
+def test_sigkill_twice_then_resume_ends_bit_identical(tiny_folder, tmp_path):
+    """Kill the CLI twice at random moments after a record; the resumed LoRA run ends as an uninterrupted one."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = dict(steps=24, every=2, lora={"dropout": 0.1})
+    expected = run_posttrain(_config(tiny_folder, tmp_path / "whole", "lora", **settings))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "editscope", "posttrain", "--mode", "lora", "--model", str(tiny_folder), "--steps", "24",
+           "--every", "2", "--batch-size", "4", "--seq-len", "48", "--eval-windows", "2", "--device", "cpu",
+           "--lora-dropout", "0.1", "--out", str(out)]
+    resume = [sys.executable, "-m", "editscope", "posttrain", "--resume", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    metrics = out / "metrics.jsonl"
+    rng = random.Random(7)
+    kills = 0
+    while kills < 2:
+        before = len(read_metrics_file(metrics, "step"))
+        proc = subprocess.Popen(cmd if kills == 0 else resume, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 120
+        while len(read_metrics_file(metrics, "step")) <= before + 1 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills == 2, "the run finished before it could be killed twice"
+    done = subprocess.run(resume, capture_output=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    records = read_metrics_file(metrics, "step")
+    assert [r["step"] for r in records] == list(range(0, 25, 2))
+    assert [r["metrics"] for r in records] == [r["metrics"] for r in expected]
+    a = load_file(str(tmp_path / "whole" / "lora" / "model" / "model.safetensors"))
+    b = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
