@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from editscope.cli import _assignments
+from editscope.config import parse_assignments
 from editscope.data import load_requests
 from editscope.editors import build_editor
 from editscope.editors.mend import MENDTrainConfig, MENDTrainer, load_checkpoint, split_requests
@@ -46,7 +46,7 @@ def mean(values: list[float]) -> float:
 
 
 def train(args: argparse.Namespace, model, tokenizer) -> tuple[dict, list]:
-    overrides = _assignments(args.set, "--set")
+    overrides = parse_assignments(args.set, "--set")
     if args.steps is not None:
         overrides["steps"] = args.steps
     saved = load_checkpoint(args.out, optimizer=True) if args.resume and is_checkpoint(args.out) else None

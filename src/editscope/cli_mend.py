@@ -22,14 +22,13 @@ def _device(name: str | None) -> Any:
 def cmd_mend_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from editscope.cli import _assignments
-    from editscope.config import to_dict
+    from editscope.config import parse_assignments, to_dict
     from editscope.data import load_requests
     from editscope.editors.mend import MENDTrainConfig, MENDTrainer, default_checkpoint_folder, load_checkpoint, split_requests
     from editscope.editors.mend.checkpoint import HELD_OUT, is_checkpoint
     from editscope.models import load, model_fingerprint
 
-    overrides = _assignments(args.set, "--set")
+    overrides = parse_assignments(args.set, "--set")
     if args.steps is not None:
         overrides["steps"] = args.steps
     MENDTrainConfig.from_mapping(overrides)  # a typo fails before the model loads

@@ -1,4 +1,4 @@
-"""Plain-text tables and JSON for the command line (the library itself only logs)."""
+"""Plain-text tables, JSON and progress bars for the command line (the library itself only logs)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,20 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 def emit_json(obj: Any) -> None:
     """Print ``obj`` as indented JSON on stdout."""
     print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def progress_bar(total: int, label: str):
+    """A tqdm bar over edits, as a run's ``progress(done, total, metrics)`` callback."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="edit", dynamic_ncols=True, disable=None)
+
+    def update(done: int, _total: int, metrics: dict[str, float]) -> None:
+        bar.update(done - bar.n)
+        shown = {k.split("/", 1)[1]: f"{v:.2f}" for k, v in metrics.items() if k in ("edit/efficacy", "edit/score")}
+        if shown:
+            bar.set_postfix(shown, refresh=False)
+        if done >= total:
+            bar.close()
+
+    return update

@@ -1,0 +1,125 @@
+"""``editscope demo``, ``compare`` and ``report``: the study, its summary table and its figures."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from editscope.errors import EditscopeError
+from editscope.tables import emit_json, format_table, progress_bar
+
+
+def _summary_table(rows: list[dict[str, Any]]) -> str:
+    from editscope.runs.summary import COLUMNS, format_value
+
+    keys = [k for k in COLUMNS if any(k in row for row in rows)]
+    return format_table([[row["run"], *(format_value(row.get(k, math.nan)) for k in keys)] for row in rows], ["run", *(COLUMNS[k] for k in keys)])
+
+
+def _print_progress(label: str, done: int, total: int, metrics: dict[str, float]) -> None:
+    """Progress line for runs in worker processes (a bar per process would interleave)."""
+    if done == total or done % max(total // 10, 1) == 0:
+        score = metrics.get("edit/efficacy")
+        extra = f", efficacy {score:.2f}" if score is not None else ""
+        print(f"  {time.strftime('%H:%M:%S')} {label}: {done}/{total} edits{extra}", flush=True)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from editscope.report import build_report
+    from editscope.runs import execute
+    from editscope.runs.study import StudyConfig, study_runs
+    from editscope.runs.summary import summarize_run
+
+    edits = args.edits or (20 if args.quick else 100)
+    study = StudyConfig(
+        editors=tuple(e for e in args.editors.split(",") if e), model=args.model, edits=edits, batch_size=args.batch_size,
+        every=args.every or edits, seed=args.seed, out=str(args.out),
+        downstream_dir=str(args.downstream_dir) if args.downstream_dir else None, quick=args.quick,
+    )
+    configs = study_runs(study)  # every run is validated before the first starts
+    start = time.perf_counter()
+    for config in configs:
+        print(f"{config.editor}: {config.edits} edits of {config.data} on {config.model} -> {config.out}", flush=True)
+    if args.jobs > 1:
+        from editscope.runs.study import run_side_by_side
+
+        print(f"running side by side in {min(args.jobs, len(configs))} processes", flush=True)
+        run_side_by_side(configs, jobs=args.jobs, overwrite=args.overwrite, progress=_print_progress)
+    else:
+        for config in configs:
+            execute(config, overwrite=args.overwrite, progress=progress_bar(config.edits, config.editor))
+    rows = [summarize_run(config.out) for config in configs]
+    report = build_report([Path(c.out) for c in configs], Path(args.out) / "report")
+    if args.json:
+        emit_json(rows)
+        return 0
+    print(f"\nStudy finished in {time.perf_counter() - start:.0f} s; first checkpoint against the last:\n")
+    print(_summary_table(rows))
+    if study.downstream_dir is None:
+        print("\n(downstream ability not measured: pass --downstream-dir with the GLUE/MMLU task files)")
+    print(f"\nRun folders: {', '.join(c.out for c in configs)}")
+    print(f"Report: {report}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from editscope.runs.summary import summarize_run
+
+    missing = [str(f) for f in args.runs if not (f / "metrics.jsonl").is_file()]
+    if missing:
+        raise EditscopeError(f"no metrics.jsonl in: {', '.join(missing)}")
+    rows = [summarize_run(folder) for folder in args.runs]
+    if args.json:
+        emit_json(rows)
+    else:
+        print(_summary_table(rows))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from editscope.report import ReportConfig, build_report
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    config = ReportConfig(formats=names(args.formats), dpi=args.dpi, figures=names(args.figures))
+    print(build_report(args.runs, args.out, config))
+    return 0
+
+
+def add_study_commands(sub: Any) -> None:
+    """Register ``demo``, ``compare`` and ``report`` on the CLI's subparsers."""
+    compare = sub.add_parser("compare", help="summary table of run folders (first checkpoint against last)")
+    compare.add_argument("runs", nargs="+", type=Path, help="run folders")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(func=cmd_compare)
+
+    report = sub.add_parser("report", help="figures (PNG, SVG) and report.html from run folders, runs overlaid")
+    report.add_argument("runs", nargs="+", type=Path, help="run folders (finished or still running)")
+    report.add_argument("--out", type=Path, required=True, help="report folder (replaced as a whole; new, empty or an earlier report)")
+    report.add_argument("--formats", default="png,svg", help="files per figure: png first, then svg and/or pdf (default png,svg)")
+    report.add_argument("--dpi", type=int, default=200, help="PNG resolution (default 200)")
+    report.add_argument("--figures", default="", help="comma-separated figure names to draw (default: all), e.g. weight_norms,balance")
+    report.set_defaults(func=cmd_report)
+
+    from editscope.cli_mend import add_mend_parser
+
+    add_mend_parser(sub)
+
+    demo = sub.add_parser("demo", help="the study that shows the phenomenon: MEMIT against ENCORE, sequential edits, summary table")
+    demo.add_argument("--editors", default="memit,encore", help="comma-separated editors compared")
+    demo.add_argument("--model", default="smollm2-135m")
+    demo.add_argument("--edits", type=int, default=None, help="edits per run (default 100; --quick 20)")
+    demo.add_argument("--batch-size", type=int, default=10)
+    demo.add_argument("--every", type=int, default=None, help="checkpoint interval (default: only the first and last)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")
+    demo.add_argument("--downstream-dir", type=Path, default=None, metavar="DIR", help="few-shot GLUE/MMLU task files (adds downstream ability)")
+    demo.add_argument("--jobs", type=int, default=1, help="runs side by side in this many processes (CPU threads split between them)")
+    demo.add_argument("--quick", action="store_true", help="smoke check: 20 edits, smaller instrument settings")
+    demo.add_argument("--overwrite", action="store_true", help="replace run folders made with other settings")
+    demo.add_argument("--json", action="store_true", help="print the summary rows as JSON")
+    demo.set_defaults(func=cmd_demo)
