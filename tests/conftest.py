@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -79,3 +84,26 @@ def mend_checkpoint(tmp_path_factory):
         return trained[arch]
 
     return get
+
+
+def kill_repeatedly(
+    command: Callable[[int], Sequence[str]], progress: Callable[[], int], *, kills: int, seed: int,
+    env: dict[str, str] | None = None, wait_for: int = 1, max_delay: float = 0.8,
+) -> int:
+    """Start ``command(i)`` and SIGKILL it at a random moment once ``progress()`` has grown by
+    ``wait_for``; ``kills`` times. Returns how many kills happened (fewer if the run finished first)."""
+    rng = random.Random(seed)
+    done = 0
+    while done < kills:
+        before = progress()
+        proc = subprocess.Popen(list(command(done)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env or os.environ.copy())
+        deadline = time.monotonic() + 120
+        while progress() < before + wait_for and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, max_delay))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done += 1
+    return done

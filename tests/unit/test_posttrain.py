@@ -180,11 +180,10 @@ def test_cli_posttrain_then_diff(tiny_folder, tmp_path, capsys):
 def test_sigkill_twice_then_resume_ends_bit_identical(tiny_folder, tmp_path):
     """Kill the CLI twice at random moments after a record; the resumed LoRA run ends as an uninterrupted one."""
     import os
-    import random
-    import signal
     import subprocess
     import sys
-    import time
+
+    from tests.conftest import kill_repeatedly
 
     settings = dict(steps=24, every=2, lora={"dropout": 0.1})
     expected = run_posttrain(_config(tiny_folder, tmp_path / "whole", "lora", **settings))
@@ -195,20 +194,8 @@ def test_sigkill_twice_then_resume_ends_bit_identical(tiny_folder, tmp_path):
     resume = [sys.executable, "-m", "editscope", "posttrain", "--resume", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     metrics = out / "metrics.jsonl"
-    rng = random.Random(7)
-    kills = 0
-    while kills < 2:
-        before = len(read_metrics_file(metrics, "step"))
-        proc = subprocess.Popen(cmd if kills == 0 else resume, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 120
-        while len(read_metrics_file(metrics, "step")) <= before + 1 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is not None:
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
+    kills = kill_repeatedly(lambda i: cmd if i == 0 else resume, lambda: len(read_metrics_file(metrics, "step")),
+                            kills=2, seed=7, env=env, wait_for=2, max_delay=0.3)
     assert kills == 2, "the run finished before it could be killed twice"
     done = subprocess.run(resume, capture_output=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import shared_data
+from tests.conftest import kill_repeatedly, shared_data
 
 from editscope.config import ConfigError
 from editscope.runs import RunConfig, RunStore, execute, load_run_config, read_metrics_file
@@ -126,20 +123,7 @@ def test_sigkill_at_random_points_resumes_bit_identically(tiny_folder, tmp_path)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(_plain(config)))
     cmd = [sys.executable, "-m", "editscope", "run", "--config", str(tmp_path / "run.yaml")]
     metrics = Path(config.out) / "metrics.jsonl"
-    rng = random.Random(1234)
-    kills = 0
-    while kills < 3:
-        before = _lines(metrics)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-        deadline = time.monotonic() + 120
-        while _lines(metrics) <= before and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.8))
-        if proc.poll() is not None:
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
+    kills = kill_repeatedly(lambda _: cmd, lambda: _lines(metrics), kills=3, seed=1234)
     assert kills == 3, "the run finished before it could be killed three times"
     proc = subprocess.run(cmd, capture_output=True, env=os.environ.copy(), timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
