@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from editscope import __version__
+from editscope.cli_output import emit_json, format_table, progress_bar
 from editscope.config import parse_assignments
 from editscope.errors import EditscopeError
-from editscope.tables import emit_json, format_table, progress_bar
 
 logger = logging.getLogger("editscope")
 

@@ -12,11 +12,9 @@ from editscope.errors import EditscopeError
 
 
 def _device(name: str | None) -> Any:
-    import torch
+    from editscope.models.loading import resolve_device
 
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return resolve_device(name or "auto")
 
 
 def cmd_mend_train(args: argparse.Namespace) -> int:

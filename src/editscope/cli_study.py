@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from editscope.cli_output import emit_json, format_table, progress_bar
 from editscope.errors import EditscopeError
-from editscope.tables import emit_json, format_table, progress_bar
 
 
 def _summary_table(rows: list[dict[str, Any]]) -> str:

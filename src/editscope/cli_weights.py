@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from editscope.cli_output import emit_json, format_table
 from editscope.errors import EditscopeError
-from editscope.tables import emit_json, format_table
 
 POSTTRAIN_FLAGS = ("mode", "model", "data", "answer", "steps", "batch_size", "seq_len", "lr", "weight_decay", "warmup",
                    "schedule", "grad_clip", "every", "eval_windows", "eval_source", "seed", "device", "autocast", "out")
@@ -34,23 +34,13 @@ def _posttrain_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def posttrain_kind_rows(records: list[dict[str, Any]]) -> list[list[str]]:
-    """Per matrix type: count, mean ‖W‖ at the first and last record, mean relative change, how many rose."""
-    from editscope.diff.compare import matrix_kind
+    """Per type of the matrices that moved: count, mean ‖W‖ at the first and last record, mean relative change, how many rose."""
+    from editscope.diff import summarize_kinds
+    from editscope.diff.compare import diffs_from_records
 
-    first, last = records[0]["metrics"], records[-1]["metrics"]
-    kinds: dict[str, list[str]] = {}
-    for key in first:
-        if key.startswith("weight/") and key.endswith("/fro"):
-            name = key[len("weight/") : -len("/fro")]
-            if last.get(f"weight/{name}/delta_fro", 0.0) > 0:
-                kinds.setdefault(matrix_kind(name)[0], []).append(name)
-    rows = []
-    for kind, names in kinds.items():
-        a = [first[f"weight/{n}/fro"] for n in names]
-        b = [last[f"weight/{n}/fro"] for n in names]
-        change = sum((y - x) / x for x, y in zip(a, b)) / len(names)
-        rows.append([kind, str(len(names)), f"{sum(a) / len(a):.3f}", f"{sum(b) / len(b):.3f}", _pct(change), f"{sum(y > x for x, y in zip(a, b))}/{len(names)}"])
-    return rows
+    moved = [r for r in diffs_from_records(records[0]["metrics"], records[-1]["metrics"]) if r.delta_fro > 0]
+    return [[k.kind, str(k.count), f"{k.mean_fro_a:.3f}", f"{k.mean_fro_b:.3f}", _pct(k.mean_norm_change), f"{k.rising}/{k.count}"]
+            for k in summarize_kinds(moved)]
 
 
 def cmd_posttrain(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -109,6 +109,18 @@ def diff_checkpoints(
     names = [n for n in a.names() if all_tensors or len(a.info[n].shape) >= 2]
     check_comparable(a, b, names)
     return [tensor_diff(a, b, name, block_elements) for name in names]
+
+
+def diffs_from_records(first: Mapping[str, float], last: Mapping[str, float]) -> list[MatrixDiff]:
+    """:class:`MatrixDiff` rows from two metric records with ``weight/<param>/fro`` and ``/delta_fro``
+    keys (e.g. a post-training run's first and last): A is the first record's matrix, B the last's."""
+    rows = []
+    for key, fro_a in first.items():
+        if key.startswith("weight/") and key.endswith("/fro"):
+            name = key[len("weight/") : -len("/fro")]
+            kind, layer = matrix_kind(name)
+            rows.append(MatrixDiff(name, kind, layer, (), fro_a, last[key], last.get(f"weight/{name}/delta_fro", 0.0)))
+    return rows
 
 
 def summarize_kinds(rows: Iterable[MatrixDiff]) -> list[KindSummary]:

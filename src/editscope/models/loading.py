@@ -122,9 +122,11 @@ def load(name_or_path: str, *, dtype: torch.dtype | None = None, device_map: Dev
 
 
 def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA where there is one, else CPU; anything else as torch spells it (``cpu``, ``cuda:1``)."""
+    """``auto`` -> the machine's accelerator where torch sees one, else the CPU; anything else as torch
+    spells it (``cpu``, ``cuda:1``, ``mps``)."""
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        accelerator = torch.accelerator.current_accelerator(check_available=True)
+        return accelerator if accelerator is not None else torch.device("cpu")
     try:
         return torch.device(requested)
     except RuntimeError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from editscope.diff.compare import MatrixDiff, matrix_kind
+from editscope.diff.compare import MatrixDiff, diffs_from_records, summarize_kinds
 from editscope.report.style import FigureStyle, new_figure, plot_series, run_color, style_context
 
 
@@ -58,16 +58,10 @@ def diff_figure(rows: Sequence[MatrixDiff], style: FigureStyle, title: str) -> F
 def kind_series(records: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
     """Per matrix type, the mean over its matrices of (‖W‖ − ‖W0‖) / ‖W0‖ at each record, in percent."""
     first = records[0]["metrics"]
-    bases = {k[len("weight/") : -len("/fro")]: v for k, v in first.items() if k.startswith("weight/") and k.endswith("/fro")}
-    kinds: dict[str, list[str]] = {}
-    for name in bases:
-        kinds.setdefault(matrix_kind(name)[0], []).append(name)
     series: dict[str, list[float]] = {}
-    for kind, names in kinds.items():
-        series[kind] = [
-            100.0 * float(np.mean([(r["metrics"][f"weight/{n}/fro"] - bases[n]) / bases[n] for n in names]))
-            for r in records
-        ]
+    for record in records:
+        for kind in summarize_kinds(diffs_from_records(first, record["metrics"])):
+            series.setdefault(kind.kind, []).append(100.0 * kind.mean_norm_change)
     return series
 
 
