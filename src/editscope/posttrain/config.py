@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from editscope.config import ConfigError, from_dict, load_yaml, to_dict
 
@@ -113,6 +113,8 @@ class PosttrainConfig:
     autocast: Literal["bf16"] | None = None
     out: str = "runs/posttrain"
 
+    placement_fields: ClassVar[tuple[str, ...]] = ("out", "device")
+
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "every", "eval_windows"):
             if getattr(self, name) < 1:
@@ -138,7 +140,7 @@ class PosttrainConfig:
 
     def digest(self) -> str:
         """Hash of everything that decides the run's results (not where it is written)."""
-        data = {k: v for k, v in to_dict(self.resolved()).items() if k not in ("out", "device")}
+        data = {k: v for k, v in to_dict(self.resolved()).items() if k not in self.placement_fields}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from editscope.config import ConfigError, from_dict, load_yaml, to_dict
 
@@ -62,6 +62,8 @@ class RunConfig:
     instrument_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     out: str = "runs/run"
     device_map: str | dict[str, Any] | None = None
+
+    placement_fields: ClassVar[tuple[str, ...]] = PLACEMENT_FIELDS
 
     def __post_init__(self) -> None:
         if self.device_map is not None and not isinstance(self.device_map, (str, Mapping)):

@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from editscope.config import ConfigError, from_dict, to_dict
-from editscope.runs.config import PLACEMENT_FIELDS, RunConfig
+from editscope.runs.config import RunConfig
 from editscope.storage import atomic_directory, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def join_state(tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any], pr
 class RunStore:
     """Reads and writes one run folder.
 
-    ``config_class`` is the folder's config type (a frozen dataclass with ``digest()``) and
+    ``config_class`` is the folder's config type (a frozen dataclass with ``digest()`` and the
+    ``placement_fields`` its digest leaves out) and
     ``position`` the key that orders its metric records: ``edits`` for editing runs, ``step`` for
     post-training runs.
     """
@@ -131,7 +132,7 @@ class RunStore:
             shutil.rmtree(self.path / STATE, ignore_errors=True)
             saved = None
         if saved is not None and saved.digest() != config.digest():
-            changed = sorted(k for k, v in to_dict(config).items() if k not in PLACEMENT_FIELDS and to_dict(saved).get(k) != v)
+            changed = sorted(k for k, v in to_dict(config).items() if k not in config.placement_fields and to_dict(saved).get(k) != v)
             raise ConfigError(
                 f"{self.path} holds a run with a different config (differs in: {', '.join(changed)}); "
                 "use --resume to continue it or --overwrite to replace it"
@@ -209,7 +210,7 @@ class RunStore:
 
 
 def read_metrics_file(path: Path, position: str = "edits") -> list[dict[str, Any]]:
-    """Complete records of a ``metrics.jsonl`` ordered by ``position``; a torn or malformed line is skipped with a warning."""
+    """Complete records of a ``metrics.jsonl``, each with an int ``position`` key; a torn or malformed line is skipped with a warning."""
     if not path.is_file():
         return []
     records = []
