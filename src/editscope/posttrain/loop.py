@@ -28,7 +28,7 @@ from editscope.instruments.downstream import Perplexity, PerplexityConfig
 from editscope.models.loading import LoadedModel, load, resolve_device
 from editscope.models.spec import ModelSpec
 from editscope.posttrain.config import PosttrainConfig
-from editscope.posttrain.data import Example, batch_for_step, build_examples, collate
+from editscope.posttrain.data import IGNORE, Example, batch_for_step, build_examples, collate
 from editscope.posttrain.norms import base_model, matrix_norms, snapshot
 from editscope.posttrain.state import TrainState, load_train_state, rng_state, save_train_state, set_rng_state
 from editscope.runs.store import RunStore
@@ -97,17 +97,26 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: PosttrainConfig) ->
 # -- one step ----------------------------------------------------------------------------------
 @dataclass
 class Interval:
-    """Sums over the steps since the last record (a state is saved right after a record: it starts empty)."""
+    """Sums over the steps since the last record (a state is saved right after a record: it starts empty).
 
-    loss_sum: float = 0.0
+    The loss and gradient-norm sums stay on the model's device (float64) until :meth:`metrics`, so a
+    training step never waits for the device to report a number.
+    """
+
+    loss_sum: float | torch.Tensor = 0.0
     loss_tokens: int = 0
-    grad_norm_sum: float = 0.0
+    grad_norm_sum: float | torch.Tensor = 0.0
     steps: int = 0
 
     def metrics(self) -> dict[str, float]:
         if not self.steps:
             return {}
-        return {"train/loss": self.loss_sum / max(self.loss_tokens, 1), "train/grad_norm": self.grad_norm_sum / self.steps}
+        return {"train/loss": float(self.loss_sum) / max(self.loss_tokens, 1), "train/grad_norm": float(self.grad_norm_sum) / self.steps}
+
+
+def loss_tokens(batch: list[Example]) -> int:
+    """Tokens the causal-LM loss counts: labels other than -100 after the first position."""
+    return sum(sum(label != IGNORE for label in example.labels[1:]) for example in batch)
 
 
 def train_step(
@@ -122,20 +131,20 @@ def train_step(
 ) -> int:
     """One AdamW step on ``batch``; returns the number of tokens with loss."""
     inputs = collate(tokenizer, batch, device)
-    n_tokens = int((inputs["labels"][:, 1:] != -100).sum())
+    n_tokens = loss_tokens(batch)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.autocast == "bf16" else contextlib.nullcontext()
     with autocast:
         loss = model(**inputs, use_cache=False).loss
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     clip = config.grad_clip if config.grad_clip > 0 else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    interval.loss_sum += float(loss.detach()) * n_tokens
+    interval.loss_sum = interval.loss_sum + loss.detach().double() * n_tokens
     interval.loss_tokens += n_tokens
-    interval.grad_norm_sum += grad_norm
+    interval.grad_norm_sum = interval.grad_norm_sum + grad_norm.detach().double()
     interval.steps += 1
     return n_tokens
 
