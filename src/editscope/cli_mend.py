@@ -126,7 +126,7 @@ def add_mend_parser(sub: Any) -> None:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training hyperparameter, e.g. rank=128 (see MENDTrainConfig)")
     train.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     train.add_argument("--overwrite", action="store_true", help="start over, replacing the checkpoint in --out")
-    train.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    train.add_argument("--device", default=None, help="torch device (default: the accelerator torch sees, else cpu)")
     train.add_argument("--json", action="store_true", help="print the summary as JSON")
     train.set_defaults(func=cmd_mend_train)
     info = mend_sub.add_parser("info", help="what a MEND checkpoint was trained for, and how far")

@@ -9,12 +9,12 @@ a block of each, not for either model.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
@@ -54,7 +54,7 @@ class TensorSource:
             if len(shape) < 2:
                 yield read_block(handle, name, None, None)
                 return
-            row = max(1, int(torch.tensor(shape[1:]).prod()))
+            row = max(1, math.prod(shape[1:]))
             step = max(1, max_elements // row)
             for start in range(0, shape[0], step):
                 yield read_block(handle, name, start, min(start + step, shape[0]))

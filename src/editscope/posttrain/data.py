@@ -132,17 +132,28 @@ def build_examples(
 
 
 # -- order and batches -------------------------------------------------------------------------
-def example_index(position: int, n_examples: int, seed: int) -> int:
-    """The example read at global ``position``: epoch ``e`` reads a permutation seeded by (seed, e)."""
-    epoch, offset = divmod(position, n_examples)
+def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
+    """The order epoch ``epoch`` reads the examples in: a permutation seeded by (seed, epoch)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return int(torch.randperm(n_examples, generator=generator)[offset])
+    return torch.randperm(n_examples, generator=generator).tolist()
+
+
+def example_index(position: int, n_examples: int, seed: int) -> int:
+    """The example read at global ``position`` (see :func:`epoch_order`)."""
+    epoch, offset = divmod(position, n_examples)
+    return epoch_order(n_examples, seed, epoch)[offset]
 
 
 def batch_for_step(examples: Sequence[Example], step: int, batch_size: int, seed: int) -> list[Example]:
-    """The examples of optimizer step ``step`` (0-based)."""
-    start = step * batch_size
-    return [examples[example_index(start + i, len(examples), seed)] for i in range(batch_size)]
+    """The examples of optimizer step ``step`` (0-based); each epoch's order is drawn once."""
+    orders: dict[int, list[int]] = {}
+    batch = []
+    for position in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(position, len(examples))
+        if epoch not in orders:
+            orders[epoch] = epoch_order(len(examples), seed, epoch)
+        batch.append(examples[orders[epoch][offset]])
+    return batch
 
 
 def collate(
