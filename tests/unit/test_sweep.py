@@ -221,7 +221,7 @@ def test_a_killed_worker_loses_nothing(in_process, ray_cluster, tiny_folder, tmp
     thread = threading.Thread(target=lambda: result.setdefault("report", run_sweep(sweep, backend="ray")))
     thread.start()
     killed = _kill_first_run_task(Path(sweep.root), time.monotonic() + 60)
-    thread.join(timeout=120)
+    thread.join(timeout=600)  # a loaded 2-core machine can take minutes
     assert killed >= 1
     report = result["report"]
     assert [o.status for o in report.outcomes] == ["finished"] * 4
