@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 from editscope.models import tiny_model
 
@@ -43,6 +44,18 @@ def tiny_folder(tmp_path_factory) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: multi-threaded CPU kernels (MKL, OpenMP reductions) are not
+    reproducible run to run, so comparisons of two runs bit for bit are made single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

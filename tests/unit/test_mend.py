@@ -215,7 +215,7 @@ def test_checkpoint_round_trip(mend_checkpoint):
     assert checkpoint.fingerprint == model_fingerprint(model)
 
 
-def test_resumed_training_continues_bit_identically(tmp_path):
+def test_resumed_training_continues_bit_identically(tmp_path, one_thread):
     model, tok, _ = tiny_model("llama")
     requests = load_requests("demo")[:40]
     config = MENDTrainConfig(layers=(-1,), rank=8, steps=6, batch_size=3, lr=1e-3, checkpoint_every=3, autocast=None)

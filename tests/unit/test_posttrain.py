@@ -134,7 +134,7 @@ class _Stop(Exception):
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
-def test_interrupted_run_resumes_bit_for_bit(tiny_folder, tmp_path, mode):
+def test_interrupted_run_resumes_bit_for_bit(tiny_folder, tmp_path, mode, one_thread):
     whole = _config(tiny_folder, tmp_path / "whole", mode, lora={"dropout": 0.1})
     expected = run_posttrain(whole)
     cut = _config(tiny_folder, tmp_path / "cut", mode, lora={"dropout": 0.1})
@@ -177,7 +177,7 @@ def test_cli_posttrain_then_diff(tiny_folder, tmp_path, capsys):
         assert row["delta_fro"] == pytest.approx(last[f"weight/{row['name']}/delta_fro"], rel=1e-9, abs=1e-12)
 
 
-def test_sigkill_twice_then_resume_ends_bit_identical(tiny_folder, tmp_path):
+def test_sigkill_twice_then_resume_ends_bit_identical(tiny_folder, tmp_path, one_thread):
     """Kill the CLI twice at random moments after a record; the resumed LoRA run ends as an uninterrupted one."""
     import os
     import subprocess
@@ -192,7 +192,7 @@ def test_sigkill_twice_then_resume_ends_bit_identical(tiny_folder, tmp_path):
            "--every", "2", "--batch-size", "4", "--seq-len", "48", "--eval-windows", "2", "--device", "cpu",
            "--lora-dropout", "0.1", "--out", str(out)]
     resume = [sys.executable, "-m", "editscope", "posttrain", "--resume", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     metrics = out / "metrics.jsonl"
     kills = kill_repeatedly(lambda i: cmd if i == 0 else resume, lambda: len(read_metrics_file(metrics, "step")),
                             kills=2, seed=7, env=env, wait_for=2, max_delay=0.3)

@@ -16,6 +16,7 @@ from tests.conftest import kill_repeatedly, shared_data
 from editscope.config import ConfigError
 from editscope.runs import RunConfig, RunStore, execute, load_run_config, read_metrics_file
 from editscope.runs.schedule import batch_ends, checkpoints
+from editscope.sweep.task import torch_threads
 
 TINY_MEMIT = {
     "layers": [1, 2], "context_prefixes": 0, "stats_samples": 200, "stats_seq_len": 32,
@@ -54,7 +55,8 @@ def test_checkpoints_fall_on_batch_ends():
 def finished_run(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "memit"
     config = tiny_config(tiny_folder, out)
-    return config, execute(config)
+    with torch_threads(1):  # the resume tests compare against it bit for bit
+        return config, execute(config)
 
 
 def test_run_folder_follows_the_contract(finished_run):
@@ -89,7 +91,7 @@ def yaml_load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def test_interrupted_run_resumes_bit_identically(finished_run, tiny_folder, tmp_path):
+def test_interrupted_run_resumes_bit_identically(finished_run, tiny_folder, tmp_path, one_thread):
     config, reference = finished_run
     out = tmp_path / "interrupted"
     interrupted = tiny_config(tiny_folder, out, every=5)
@@ -114,7 +116,7 @@ def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-def test_sigkill_at_random_points_resumes_bit_identically(tiny_folder, tmp_path):
+def test_sigkill_at_random_points_resumes_bit_identically(tiny_folder, tmp_path, one_thread):
     """Kill the CLI three times at random moments after it made progress; the resumed run ends as an uninterrupted one."""
     import yaml
 
@@ -123,9 +125,10 @@ def test_sigkill_at_random_points_resumes_bit_identically(tiny_folder, tmp_path)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(_plain(config)))
     cmd = [sys.executable, "-m", "editscope", "run", "--config", str(tmp_path / "run.yaml")]
     metrics = Path(config.out) / "metrics.jsonl"
-    kills = kill_repeatedly(lambda _: cmd, lambda: _lines(metrics), kills=3, seed=1234)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kills = kill_repeatedly(lambda _: cmd, lambda: _lines(metrics), kills=3, seed=1234, env=env)
     assert kills == 3, "the run finished before it could be killed three times"
-    proc = subprocess.run(cmd, capture_output=True, env=os.environ.copy(), timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     lines = metrics.read_text().splitlines()
     assert [json.loads(line)["edits"] for line in lines] == list(range(0, 45, 5))

@@ -162,8 +162,8 @@ class SequentialRun:
         threads = saved.progress.get("torch_threads")
         if threads is not None and threads != torch.get_num_threads():
             logger.warning(
-                "%s: saved with %d torch threads, resuming with %d: results stay valid but are not bit-identical "
-                "to an uninterrupted run (CPU kernels split their sums by thread)", self.store.path, threads, torch.get_num_threads(),
+                "%s: saved with %d torch threads, resuming with %d: results stay valid but differ from an "
+                "uninterrupted run by rounding (CPU kernels split their sums by thread)", self.store.path, threads, torch.get_num_threads(),
             )
         self.editor.load_state_dict(saved.editor)
         self.edits, self.wall_s = saved.edits, float(saved.progress["wall_s"])
