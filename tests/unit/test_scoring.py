@@ -17,18 +17,28 @@ def reference_scores(model, tok, prompt, target):
     steps = logprobs[len(p) - 1 : len(p) + len(t) - 1]
     token_lp = steps[torch.arange(len(t)), torch.tensor(t)]
     rank = int((steps[0] > steps[0, t[0]]).sum()) + 1
-    return float(token_lp.sum()), rank, bool((steps.argmax(-1) == torch.tensor(t)).all())
+    hits = steps.argmax(-1) == torch.tensor(t)
+    return float(token_lp.sum()), rank, bool(hits.all()), int(hits.sum())
+
+
+# prompts shared by several targets of different lengths, one-token and longer targets, more
+# distinct prompts than a batch holds
+SHARED_PROMPTS = PROMPTS + ["Hi", "The capital of France is", "Hi", "Tell me", "The capital of France is"]
+SHARED_TARGETS = TARGETS + ["there", "Rome and Milan", "x y z w", "Paris", "x"]
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_batched_left_padded_scores_match_unpadded_reference(arch):
+@pytest.mark.parametrize("batch_size", [8, 2])
+def test_batched_cached_scores_match_unpadded_reference(arch, batch_size):
     model, tok, _ = tiny_model(arch)
-    scores = score_targets(model, tok, PROMPTS, TARGETS, batch_size=8)
-    for prompt, target, score in zip(PROMPTS, TARGETS, scores):
-        logprob, rank, greedy = reference_scores(model, tok, prompt, target)
-        assert score.logprob == pytest.approx(logprob, abs=1e-4)
+    scores = score_targets(model, tok, SHARED_PROMPTS, SHARED_TARGETS, batch_size=batch_size)
+    assert len(scores) == len(SHARED_PROMPTS)
+    for prompt, target, score in zip(SHARED_PROMPTS, SHARED_TARGETS, scores):
+        logprob, rank, greedy, correct = reference_scores(model, tok, prompt, target)
+        assert score.logprob == pytest.approx(logprob, abs=1e-4), (prompt, target)
         assert score.first_rank == rank
         assert score.greedy == greedy
+        assert score.n_correct == correct
         assert score.n_tokens == len(encode_pair(tok, prompt, target)[1])
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
-from editscope.evaluation.scoring import encode_pair, pad_id
+from editscope.evaluation.scoring import encode_pair, head_logits, pad_id
 from editscope.evaluation.tasks import Task, TaskData
 from editscope.models.placement import input_device
 from editscope.models.spec import spec_for_config
@@ -162,15 +162,6 @@ def encode_task(tokenizer: PreTrainedTokenizerBase, data: TaskData, demos: Seque
 
 
 # -- cached forward ------------------------------------------------------------------------
-def head_logits(model: PreTrainedModel, hidden: Tensor) -> Tensor:
-    """Unembed final hidden states ``[batch, d_model]`` -> ``[batch, vocab]`` (with the config's soft-cap, if any)."""
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
 @torch.no_grad()
 def prefix_cache(model: PreTrainedModel, prefix_ids: Sequence[int]) -> Cache | None:
     """Key/value cache of ``prefix_ids`` (batch 1), or ``None`` for an empty prefix."""
