@@ -1,6 +1,9 @@
 """One batch of edits on the bundled model: efficacy, paraphrase and neighborhood per editor, and seconds.
 
-Usage: python benchmarks/efficacy_check.py [--editors memit,encore] [--edits 10] [--stats-samples 1000] [--json]
+Usage: python benchmarks/efficacy_check.py [--editors memit,encore] [--edits 10] [--stats-samples 1000]
+                                           [--set KEY=VALUE ...] [--json]
+
+``--set`` overrides a hyperparameter of every listed editor (e.g. ``--set norm_weight=30``).
 
 JSON: one object per editor with keys
   editor, edits, batch_mode ("batch" or "one-at-a-time"), seconds_per_edit (statistics excluded),
@@ -16,6 +19,7 @@ import json
 import logging
 import time
 
+from editscope.config import parse_assignments
 from editscope.data import load_requests
 from editscope.editors import EDITORS, build_editor
 from editscope.editors.locate import LocateEditor
@@ -34,6 +38,7 @@ def main() -> None:
     parser.add_argument("--editors", default="memit,emmet,alphaedit,encore,rome,lora,ft,ft-l")
     parser.add_argument("--edits", type=int, default=10)
     parser.add_argument("--stats-samples", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -43,6 +48,7 @@ def main() -> None:
     results = []
     for name in args.editors.split(","):
         overrides = {"stats_samples": args.stats_samples} if args.stats_samples and is_locate(name) else {}
+        overrides.update(parse_assignments(args.set, "--set"))
         editor = build_editor(name, overrides, model_name=args.model)
         stats_s = 0.0
         if hasattr(editor, "prepare"):

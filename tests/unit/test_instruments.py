@@ -63,7 +63,7 @@ def test_state_round_trip_and_baseline_required():
 # -- activations and subspace -----------------------------------------------------------------
 import math  # noqa: E402
 
-from editscope.instruments.activations import SubspaceConfig, linear_cka, mean_cosine, principal_angles  # noqa: E402
+from editscope.instruments.activations import SubspaceConfig, centered, linear_cka, mean_cosine, pca_basis, principal_angles  # noqa: E402
 from editscope.instruments.probe import ProbeConfig  # noqa: E402
 
 SMALL = dict(n_texts=4, seq_len=32)
@@ -80,6 +80,19 @@ def test_principal_angles_and_cka_on_known_cases():
     assert linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0)  # invariant to rotation and isotropic scale
     assert linear_cka(x, torch.randn(200, 6, generator=g, dtype=torch.float64)) < 0.2
     assert mean_cosine(x, 2.0 * x) == pytest.approx(1.0)
+
+
+def test_pca_basis_from_the_gram_spans_the_top_singular_directions():
+    g = torch.Generator().manual_seed(1)
+    scales = torch.tensor([9.0, 7.0, 5.0, 1.0, 0.5, 0.2], dtype=torch.float64)
+    x = torch.randn(300, 6, generator=g, dtype=torch.float64) * scales + 3.0  # the offset must be centered away
+    c = centered(x)
+    basis = pca_basis(c.T @ c, 3)
+    _, _, vh = torch.linalg.svd(c, full_matrices=False)
+    assert basis.shape == (6, 3)
+    assert torch.allclose(basis.T @ basis, torch.eye(3, dtype=torch.float64), atol=1e-12)
+    assert float(principal_angles(basis, vh[:3].T).max()) < 1e-6
+    assert float(principal_angles(basis, vh[1:4].T).max()) > 0.5  # a different subspace is told apart
 
 
 def test_activation_norms_match_hidden_states():

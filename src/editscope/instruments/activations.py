@@ -24,11 +24,20 @@ from editscope.instruments.probe import ProbeConfig, collect, probe_tokens
 from editscope.models.spec import spec_for_config
 
 
-def pca_basis(x: Tensor, k: int) -> Tensor:
-    """Orthonormal top-``k`` principal directions of the centered rows of ``x`` ([tokens, d]): [d, k]."""
-    centered = x - x.mean(dim=0, keepdim=True)
-    _, _, vh = torch.linalg.svd(centered.double(), full_matrices=False)
-    return vh[:k].T
+def centered(x: Tensor) -> Tensor:
+    """Rows of ``x`` ([tokens, d]) minus their mean, in float64."""
+    x = x.double()
+    return x - x.mean(dim=0, keepdim=True)
+
+
+def pca_basis(gram: Tensor, k: int) -> Tensor:
+    """Orthonormal top-``k`` principal directions, [d, k], from the centered Gram matrix ``XcᵀXc`` ([d, d]).
+
+    The eigenvectors of ``XcᵀXc`` with the largest eigenvalues span the same subspace as the top
+    right singular vectors of ``Xc`` (a d x d eigenproblem instead of an SVD of the tokens).
+    """
+    _, vectors = torch.linalg.eigh(gram)  # ascending eigenvalues
+    return vectors[:, -k:].flip(1)
 
 
 def principal_angles(u0: Tensor, u1: Tensor) -> Tensor:
@@ -37,12 +46,15 @@ def principal_angles(u0: Tensor, u1: Tensor) -> Tensor:
     return torch.arccos(cosines)
 
 
+def linear_cka_from_grams(cross: Tensor, gram0: Tensor, gram1: Tensor) -> float:
+    """Linear CKA = ||X1ᵀX0||_F² / (||X0ᵀX0||_F ||X1ᵀX1||_F) on centered X0, X1 (Kornblith et al. 2019, eq. 5)."""
+    return float(torch.linalg.matrix_norm(cross) ** 2 / (torch.linalg.matrix_norm(gram0) * torch.linalg.matrix_norm(gram1)))
+
+
 def linear_cka(x0: Tensor, x1: Tensor) -> float:
-    """Linear CKA of two activation matrices over the same rows (Kornblith et al. 2019, eq. 5)."""
-    a = (x0 - x0.mean(dim=0, keepdim=True)).double()
-    b = (x1 - x1.mean(dim=0, keepdim=True)).double()
-    cross = torch.linalg.matrix_norm(b.T @ a) ** 2
-    return float(cross / (torch.linalg.matrix_norm(a.T @ a) * torch.linalg.matrix_norm(b.T @ b)))
+    """Linear CKA of two activation matrices over the same rows."""
+    a, b = centered(x0), centered(x1)
+    return linear_cka_from_grams(b.T @ a, a.T @ a, b.T @ b)
 
 
 def mean_cosine(x0: Tensor, x1: Tensor) -> float:
@@ -101,24 +113,34 @@ class SubspaceShift(_ProbeInstrument):
     def __init__(self, config: SubspaceConfig | None = None) -> None:
         super().__init__(config or SubspaceConfig())
         self._x0: dict[str, Tensor] = {}
+        self._c0: dict[str, Tensor] = {}  # centered X0
+        self._g0: dict[str, Tensor] = {}  # X0ᵀX0 (centered)
         self._u0: dict[str, Tensor] = {}
 
-    def baseline(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    def baseline(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        """Keeps X0, its centered Gram matrix and PCA basis; returns the step-0 figures (X0 against itself)."""
         self._x0 = {key: x.cpu() for key, x in self.activations(model, tokenizer).items()}
-        self._u0 = {key: pca_basis(x, self.config.k) for key, x in self._x0.items()}
+        self._c0 = {key: centered(x) for key, x in self._x0.items()}
+        self._g0 = {key: c.T @ c for key, c in self._c0.items()}
+        self._u0 = {key: pca_basis(g, self.config.k) for key, g in self._g0.items()}
+        return self.compare(self._x0)
 
     def measure(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
         if not self._x0:
             raise RuntimeError("subspace: baseline() must run on the unedited model first")
+        return self.compare({key: x.cpu() for key, x in self.activations(model, tokenizer).items()})
+
+    def compare(self, acts: dict[str, Tensor]) -> dict[str, float]:
+        """The subspace figures of activations ``acts`` (same sites and tokens as X0) against X0."""
         metrics: dict[str, float] = {}
-        for key, x1 in self.activations(model, tokenizer).items():
-            x1 = x1.cpu()
-            x0, u0 = self._x0[key], self._u0[key]
-            u1 = pca_basis(x1, self.config.k)
+        for key, x1 in acts.items():
+            c1 = centered(x1)
+            g1 = c1.T @ c1
+            u0, u1 = self._u0[key], pca_basis(g1, self.config.k)
             angles = principal_angles(u0, u1)
             metrics[f"subspace/{key}/angle_mean"] = math.degrees(float(angles.mean()))
             metrics[f"subspace/{key}/overlap"] = float(torch.linalg.matrix_norm(u0.T @ u1) ** 2) / u0.shape[1]
-            metrics[f"subspace/{key}/cka"] = linear_cka(x0, x1)
-            metrics[f"subspace/{key}/cosine"] = mean_cosine(x0, x1)
+            metrics[f"subspace/{key}/cka"] = linear_cka_from_grams(c1.T @ self._c0[key], self._g0[key], g1)
+            metrics[f"subspace/{key}/cosine"] = mean_cosine(self._x0[key], x1)
         return metrics
 
