@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import math
 import pickle
 
@@ -260,6 +261,34 @@ def test_downstream_baseline_measure_and_resume(glue_dir):
         resumed.load_state_dict(state)
         assert resumed.measure(model, tok) == edited
     assert edited["downstream/sst2/agree"] < 1.0  # the edit changed some predictions
+
+
+def test_unedited_predictions_are_cached_per_model(glue_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("EDITSCOPE_HOME", str(tmp_path / "home"))
+    model, tok, spec = tiny_model("llama", shape=TinyShape(context=1024))
+    config = DownstreamConfig(data_dir=str(glue_dir), tasks=("sst2", "cola"), n_shots=1, n_examples=8, batch_size=8)
+    first = DownstreamAbility(config).baseline(model, tok)
+    files = list((tmp_path / "home" / "downstream").glob("*.json"))
+    assert len(files) == 1
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the cached predictions should have been used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DownstreamAbility, "predictions", no_pass)
+        assert DownstreamAbility(config).baseline(model, tok) == first
+    name = spec.weight_name(1)
+    with WeightDelta({name: torch.ones_like(model.get_parameter(name))}).applied(model):
+        DownstreamAbility(config).baseline(model, tok)  # another model: its own entry
+    assert len(list((tmp_path / "home" / "downstream").glob("*.json"))) == 2
+    files[0].write_text('{"sst2": [0, 1]}')  # torn or foreign: computed again, with a warning
+    with caplog.at_level(logging.WARNING):
+        assert DownstreamAbility(config).baseline(model, tok) == first
+    assert "computing them again" in caplog.text
+    assert json.loads(files[0].read_text()).keys() == {"sst2", "cola"}
+    off = DownstreamConfig(**{**config.__dict__, "cache_reference": False, "n_examples": 6})
+    DownstreamAbility(off).baseline(model, tok)
+    assert len(list((tmp_path / "home" / "downstream").glob("*.json"))) == 2
 
 
 def test_downstream_under_bf16_autocast(glue_dir):

@@ -13,6 +13,8 @@ fixed at ``baseline`` and kept in ``state_dict``, so a resumed run measures exac
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +28,11 @@ from editscope.evaluation.downstream import EncodedTask, classify, encode_task, 
 from editscope.evaluation.perplexity import load_texts, make_windows, mean_nll, perplexity, reading_order, source_name
 from editscope.evaluation.tasks import DEFAULT_TASKS, PUBLISHED_AT, TASKS, TaskData, load_tasks
 from editscope.instruments.base import Instrument, register_instrument
+from editscope.models.fingerprint import model_fingerprint
 from editscope.models.placement import input_device
 from editscope.precision import autocast
 from editscope.registry import did_you_mean
+from editscope.storage import atomic_write_json, cache_home
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,9 @@ class DownstreamConfig:
         autocast: dtype name for autocast of the forward passes (``"bfloat16"``: about twice as
             fast on CPUs with bf16 units; a prediction can flip where two answers' logits are
             within bf16 rounding); ``None``: the model's own precision.
+        cache_reference: keep the unedited model's predictions in the cache folder, keyed by the
+            model's fingerprint, the exact tokens evaluated and the settings that shape the
+            computation, so runs of other editors on the same model skip that pass.
     """
 
     data_dir: str | None = None
@@ -69,6 +76,44 @@ class DownstreamConfig:
     batch_size: int = 16
     batch_tokens: int = 2048
     autocast: str | None = None
+    cache_reference: bool = True
+
+
+def reference_key(fingerprint: str, encoded: dict[str, EncodedTask], config: DownstreamConfig, device: torch.device) -> str:
+    """Cache key of the unedited model's predictions: everything that decides them, hashed."""
+    facts = {
+        "fingerprint": fingerprint,
+        "tasks": {
+            name: [list(e.prefix_ids), [list(q) for q in e.query_ids], list(e.answer_ids), e.pad_id]
+            for name, e in sorted(encoded.items())
+        },
+        "autocast": config.autocast, "batch_size": config.batch_size, "batch_tokens": config.batch_tokens,
+        "device": device.type, "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def reference_path(key: str) -> Path:
+    return cache_home() / "downstream" / f"{key}.json"
+
+
+def read_reference(key: str, encoded: dict[str, EncodedTask]) -> dict[str, list[int]] | None:
+    """Cached predictions for ``key``, or ``None`` when absent or not a prediction per example and task."""
+    path = reference_path(key)
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        predictions = {name: [int(p) for p in saved[name]] for name in encoded}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("%s: unreadable cached predictions (%s); computing them again", path, error)
+        return None
+    for name, e in encoded.items():
+        n_classes = len(e.answer_ids)
+        if len(predictions[name]) != len(e.query_ids) or not all(0 <= p < n_classes for p in predictions[name]):
+            logger.warning("%s: cached predictions do not fit task %s; computing them again", path, name)
+            return None
+    return predictions
 
 
 @register_instrument("downstream")
@@ -135,8 +180,18 @@ class DownstreamAbility(Instrument):
             return {name: classify(model, encoded, c.batch_size, c.batch_tokens) for name, encoded in self.encoded(tokenizer).items()}
 
     def baseline(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
-        """Cache the unedited model's predictions; they are also its step-0 measurement."""
-        self._reference = self.predictions(model, tokenizer)
+        """Keep the unedited model's predictions (from the cache where an earlier run left them);
+        they are also its step-0 measurement."""
+        encoded = self.encoded(tokenizer)
+        key = reference_key(model_fingerprint(model), encoded, self.config, input_device(model)) if self.config.cache_reference else None
+        cached = read_reference(key, encoded) if key else None
+        if cached is not None:
+            logger.info("downstream: the unedited model's predictions from %s", reference_path(key))
+            self._reference = cached
+        else:
+            self._reference = self.predictions(model, tokenizer)
+            if key:
+                atomic_write_json(reference_path(key), self._reference)
         return self.scores(self._reference)
 
     def measure(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
