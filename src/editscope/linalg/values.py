@@ -34,7 +34,7 @@ from editscope.linalg.positions import PositionedBatch, positioned_batch
 from editscope.models.hooks import capture_outputs, gather_rows, hooks, output_hidden, replace_hidden
 from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
-from editscope.precision import autocast
+from editscope.precision import autocast, differentiable_attention
 from editscope.types import EditRequest
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def compute_z(
         nll = torch.zeros(n, device=device)
         for step in range(config.steps):
             optimizer.zero_grad(set_to_none=True)
-            with torch.enable_grad(), autocast(device, config.autocast):
+            with torch.enable_grad(), autocast(device, config.autocast), differentiable_attention(device):
                 logits = model(**batch.forward_kwargs()).logits.float()  # [rows, keep, vocab]
                 logprobs = torch.log_softmax(logits, dim=-1)
                 token_lp = logprobs[rewrite_rows].gather(2, batch.target_ids[rewrite_rows, :, None]).squeeze(2)
