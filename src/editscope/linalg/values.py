@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -126,6 +126,20 @@ def _cache_block_output(model: PreTrainedModel, spec: ModelSpec, layer: int, bat
     return capture_outputs(model, [path], path, **batch.forward_kwargs())[path]
 
 
+def _rows_of(active: Tensor, n: int, t: int) -> Tensor:
+    """Batch rows of the active requests: their ``t`` rewriting rows (request-major), then their KL rows."""
+    requests = active.nonzero().squeeze(1)
+    rewrite = (requests[:, None] * t + torch.arange(t, device=active.device)).reshape(-1)
+    return torch.cat([rewrite, n * t + requests])
+
+
+def _select_rows(batch: PositionedBatch, rows: Tensor) -> PositionedBatch:
+    return replace(
+        batch, input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows], position_ids=batch.position_ids[rows],
+        position=batch.position[rows], target_ids=batch.target_ids[rows], target_mask=batch.target_mask[rows],
+    )
+
+
 def compute_z(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -137,87 +151,89 @@ def compute_z(
     *,
     site: Literal["residual", "mlp_out"] = "residual",
 ) -> ZResult:
-    """Optimize z* for all ``requests`` at once at ``site`` of block ``layer`` (see the module docstring)."""
+    """Optimize z* for all ``requests`` at once at ``site`` of block ``layer`` (see the module docstring).
+
+    A request that has stopped leaves the batch: later steps run only the rows of the active ones.
+    """
     device = input_device(model)
     n, t = len(requests), len(templates)
     prompts, ends = contextual_prompts(requests, templates)
     # rows: n*t rewriting rows (request-major), then n KL rows (the bare subject)
     kl_prompts = [r.subject for r in requests]
-    batch = positioned_batch(
+    full = positioned_batch(
         tokenizer,
         prompts + kl_prompts,
         ends + [len(s) for s in kl_prompts],
         [r.target_new for r in requests for _ in templates] + [None] * n,
         device,
     )
-    owner = torch.cat([torch.arange(n, device=device).repeat_interleave(t), torch.arange(n, device=device)])
-    rewrite_rows = torch.arange(n * t, device=device)
-    kl_rows = torch.arange(n * t, n * t + n, device=device)
+    full_owner = torch.cat([torch.arange(n, device=device).repeat_interleave(t), torch.arange(n, device=device)])
     path = _site_path(spec, layer, site)
     last_skipped = layer if site == "residual" else layer - 1
+    lower = _cache_block_output(model, spec, last_skipped, full) if last_skipped >= 0 else None
 
-    captured: dict[str, Tensor] = {}
     d_model = int(spec.mlp_out_weight(model, layer).shape[0])  # both sites are d_model wide
     delta = torch.zeros((n, d_model), device=device, dtype=torch.float32, requires_grad=True)
-
-    def inject(module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
-        # The site may sit on another device than the inputs (a device map): move to it, and h back.
-        hidden = output_hidden(output)
-        if "h" not in captured:
-            captured["h"] = gather_rows(hidden, batch.position).detach().float().to(device)
-        rows = (torch.arange(hidden.shape[0], device=hidden.device), batch.position.to(hidden.device))
-        add = torch.zeros_like(hidden).index_put(rows, delta[owner].to(device=hidden.device, dtype=hidden.dtype))
-        return replace_hidden(output, hidden + add)
-
-    stack = contextlib.ExitStack()
+    with torch.no_grad():
+        h = _site_values_at_rows(model, spec, path, last_skipped, lower, full)[: n * t : t]  # bare-prompt rows
+    h_norm = h.norm(dim=1)
+    optimizer = torch.optim.Adam([delta], lr=config.lr)
+    kl_init = torch.zeros((n, 0), device=device)
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    steps = [config.steps] * n
+    extra = [-1] * n
+    nll = torch.zeros(n, device=device)
+    stack, current = contextlib.ExitStack(), None
     with stack:
-        if last_skipped >= 0:
-            stack.enter_context(replay_lower_blocks(model, spec, last_skipped, _cache_block_output(model, spec, last_skipped, batch)))
-        stack.enter_context(hooks(model, post={path: inject}))
-        optimizer = torch.optim.Adam([delta], lr=config.lr)
-        kl_init: Tensor | None = None
-        active = torch.ones(n, dtype=torch.bool, device=device)
-        steps = [config.steps] * n
-        extra = [-1] * n
-        nll = torch.zeros(n, device=device)
         for step in range(config.steps):
+            ids = active.nonzero().squeeze(1)
+            if current is None or not torch.equal(current, ids):  # (re)build the batch of the active requests
+                stack.close()
+                current, rows = ids, _rows_of(active, n, t)
+                batch, owner = _select_rows(full, rows), full_owner[rows]
+                if lower is not None:
+                    stack.enter_context(replay_lower_blocks(model, spec, last_skipped, replace_hidden(lower, output_hidden(lower)[rows])))
+                stack.enter_context(hooks(model, post={path: _adder(delta, owner, batch.position)}))
+            m = len(ids)
             optimizer.zero_grad(set_to_none=True)
             with torch.enable_grad(), autocast(device, config.autocast), differentiable_attention(device):
                 logits = model(**batch.forward_kwargs()).logits.float()  # [rows, keep, vocab]
                 logprobs = torch.log_softmax(logits, dim=-1)
-                token_lp = logprobs[rewrite_rows].gather(2, batch.target_ids[rewrite_rows, :, None]).squeeze(2)
-                mask = batch.target_mask[rewrite_rows]
+                rewrite = slice(0, m * t)
+                token_lp = logprobs[rewrite].gather(2, batch.target_ids[rewrite, :, None]).squeeze(2)
+                mask = batch.target_mask[rewrite]
                 row_nll = -(token_lp * mask).sum(1) / mask.sum(1)
-                nll = row_nll.reshape(n, t).mean(dim=1)
-                kl_lp = logprobs[kl_rows, -1]  # the bare subject's last token is each KL row's last position
-                if kl_init is None:
-                    kl_init = kl_lp.detach().clone()
-                kl = (kl_init.exp() * (kl_init - kl_lp)).sum(dim=-1)
-                h_norm = captured["h"][: n * t : t].norm(dim=1)
-                decay = config.weight_decay * delta.norm(dim=1) / h_norm**2
-                per_request = nll + config.kl_factor * kl + decay
-            hits = _argmax_hits(logits[rewrite_rows], batch.target_ids[rewrite_rows], mask).reshape(n, t).all(dim=1)
-            for i in range(n):
-                if not active[i]:
-                    continue
+                active_nll = row_nll.reshape(m, t).mean(dim=1)
+                kl_lp = logprobs[m * t :, -1]  # the bare subject's last token is each KL row's last position
+                if step == 0:
+                    kl_init = kl_lp.detach().clone()  # every request is active at step 0
+                base = kl_init[ids]
+                kl = (base.exp() * (base - kl_lp)).sum(dim=-1)
+                decay = config.weight_decay * delta[ids].norm(dim=1) / h_norm[ids] ** 2
+                per_request = active_nll + config.kl_factor * kl + decay
+            nll = nll.index_copy(0, ids, active_nll.detach())
+            hits = _argmax_hits(logits[rewrite], batch.target_ids[rewrite], mask).reshape(m, t).all(dim=1)
+            keep_going = torch.ones(m, dtype=torch.bool, device=device)
+            for j, i in enumerate(ids.tolist()):
                 done = False
                 if config.mpes:
-                    if extra[i] < 0 and bool(hits[i]):
+                    if extra[i] < 0 and bool(hits[j]):
                         extra[i] = config.mpes_extra_steps
                     if extra[i] == 0:
                         done = True
                     elif extra[i] > 0:
                         extra[i] -= 1
-                elif float(nll[i].detach()) < config.loss_stop:
+                elif float(active_nll[j].detach()) < config.loss_stop:
                     done = True
                 if done:
                     active[i] = False
+                    keep_going[j] = False
                     steps[i] = step
-            logger.debug("z step %d: nll %s delta %s active %d", step, [round(float(x), 3) for x in nll.detach()], [round(float(x), 3) for x in delta.detach().norm(dim=1)], int(active.sum()))
+            logger.debug("z step %d: nll %s delta %s active %d", step, [round(float(x), 3) for x in nll], [round(float(x), 3) for x in delta.detach().norm(dim=1)], int(active.sum()))
             if not bool(active.any()):
                 break
             with torch.enable_grad():
-                per_request[active].sum().backward()
+                per_request[keep_going].sum().backward()
             frozen = delta.detach()[~active].clone()
             optimizer.step()
             with torch.no_grad():
@@ -226,9 +242,30 @@ def compute_z(
                 norms = delta.norm(dim=1)
                 scale = torch.where(norms > limit, limit / norms.clamp_min(1e-12), torch.ones_like(norms))
                 delta.mul_(scale[:, None])
-    h = captured["h"][: n * t : t]
     z = (h + delta.detach()).T.contiguous()
-    return ZResult(z=z, h=h.T.contiguous(), steps=tuple(steps), final_nll=tuple(float(x) for x in nll.detach()))
+    return ZResult(z=z, h=h.T.contiguous(), steps=tuple(steps), final_nll=tuple(float(x) for x in nll))
+
+
+def _adder(delta: Tensor, owner: Tensor, position: Tensor) -> Callable[..., Any]:
+    """Forward hook adding ``delta[owner[r]]`` to row ``r`` of the site's output at ``position[r]``."""
+
+    def add(module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+        # The site may sit on another device than the inputs (a device map): move to it.
+        hidden = output_hidden(output)
+        rows = (torch.arange(hidden.shape[0], device=hidden.device), position.to(hidden.device))
+        added = torch.zeros_like(hidden).index_put(rows, delta[owner].to(device=hidden.device, dtype=hidden.dtype))
+        return replace_hidden(output, hidden + added)
+
+    return add
+
+
+def _site_values_at_rows(model: PreTrainedModel, spec: ModelSpec, path: str, last_skipped: int, lower: Any, batch: PositionedBatch) -> Tensor:
+    """The site's unedited output at each row's position, ``[rows, d]`` (float32, on the input device)."""
+    with contextlib.ExitStack() as stack:
+        if lower is not None:
+            stack.enter_context(replay_lower_blocks(model, spec, last_skipped, lower))
+        hidden = capture_outputs(model, [path], path, **batch.forward_kwargs())[path]
+    return gather_rows(output_hidden(hidden), batch.position).float().to(input_device(model))
 
 
 def _argmax_hits(logits: Tensor, target_ids: Tensor, mask: Tensor) -> Tensor:
