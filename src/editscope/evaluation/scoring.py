@@ -166,7 +166,7 @@ def score_from_logits(steps: Tensor, target: Sequence[int]) -> TargetScore:
     return TargetScore(total, total / len(ids), rank, bool(hits.all()), len(ids), int(hits.sum()))
 
 
-def _continuation_logits(model: PreTrainedModel, cache, mask: Tensor, rows: Sequence[int], prompt_lengths: Sequence[int],
+def _continuation_hidden(model: PreTrainedModel, cache, mask: Tensor, rows: Sequence[int], prompt_lengths: Sequence[int],
                          continuations: Sequence[Sequence[int]], pad: int) -> Tensor:
     """Final hidden states of ``continuations[j]`` fed after prompt row ``rows[j]`` of ``cache``: ``[n, width, d]``.
 
@@ -233,7 +233,7 @@ def score_targets(
                 else:
                     results[i] = score_from_logits(first[row : row + 1], pairs[i][1])
         if owners:
-            hidden = _continuation_logits(model, out.cache, mask, rows, lengths, continuations, pad)
+            hidden = _continuation_hidden(model, out.cache, mask, rows, lengths, continuations, pad)
             for j, i in enumerate(owners):
                 later = head_logits(model, hidden[j, : len(continuations[j])])
                 results[i] = score_from_logits(torch.cat([first[rows[j] : rows[j] + 1], later]), pairs[i][1])
