@@ -3,7 +3,7 @@
 Usage:
   python benchmarks/mend_train.py [--model smollm2-135m] [--data demo] [--steps N] [--out DIR]
                                   [--set KEY=VALUE ...] [--resume] [--eval-only] [--eval-limit N]
-                                  [--device cpu|cuda] [--json]
+                                  [--text-corpus SRC] [--text-windows N] [--device cpu|cuda] [--json]
 
 Training runs through the library's trainer (resumable: rerun with --resume after an interruption);
 --steps 0 or --eval-only skips it and evaluates the checkpoint in --out. Each held-out request is
@@ -14,6 +14,8 @@ JSON:
   train: {steps_done, step, seconds, steps_per_s, seconds_per_step, last (the last step's losses)},
   eval: {requests, seconds_per_edit, efficacy, paraphrase, neighborhood (after each edit),
          unedited: {efficacy, paraphrase, neighborhood}, neighborhood_drop (unedited - edited),
+         text_kl (mean KL(unedited || edited) in nats per token on --text-windows windows of 32 tokens
+         of --text-corpus, default bundled:c4, a corpus training does not use by default),
          delta_fro_mean ({param: mean ||ΔW||_F per edit})}
 Scores are CounterFact's comparisons (P(new) > P(true) on the prompt / paraphrases; neighbors keep
 P(own answer) > P(new)), averaged per request, then over requests.
@@ -31,9 +33,12 @@ import torch
 
 from editscope.config import parse_assignments
 from editscope.data import load_requests
+from editscope.data.corpora import load_corpus
 from editscope.editors import build_editor
 from editscope.editors.mend import MENDTrainConfig, MENDTrainer, load_checkpoint, split_requests
 from editscope.editors.mend.checkpoint import is_checkpoint
+from editscope.editors.mend.locality import kl_per_position, text_windows
+from editscope.editors.mend.train_config import saved_config
 from editscope.evaluation.edit_metrics import edit_scores
 from editscope.models import load
 
@@ -50,7 +55,7 @@ def train(args: argparse.Namespace, model, tokenizer) -> tuple[dict, list]:
     if args.steps is not None:
         overrides["steps"] = args.steps
     saved = load_checkpoint(args.out, optimizer=True) if args.resume and is_checkpoint(args.out) else None
-    config = MENDTrainConfig.from_mapping({**(saved.meta["config"] if saved else {}), **overrides})
+    config = MENDTrainConfig.from_mapping({**(saved_config(saved.meta) if saved else {}), **overrides})
     requests = load_requests(args.data)
     train_set, held_out = split_requests(requests, config.held_out, config.seed)
     trainer = MENDTrainer(model, tokenizer, train_set, held_out, config, model_name=args.model, data_name=args.data)
@@ -76,6 +81,11 @@ def evaluate(args: argparse.Namespace, model, tokenizer, held_out: list) -> dict
     unedited = {k: [] for k in KEYS}
     edited = {k: [] for k in KEYS}
     norms: dict[str, list[float]] = {}
+    device = model.get_input_embeddings().weight.device
+    windows = text_windows(tokenizer, load_corpus(args.text_corpus), 32)[: args.text_windows].to(device)
+    with torch.no_grad():
+        base_text = model(input_ids=windows, use_cache=False).logits
+    text_kl = []
     start = time.perf_counter()
     for request in requests:
         for k, v in edit_scores(model, tokenizer, [request]).items():
@@ -86,11 +96,13 @@ def evaluate(args: argparse.Namespace, model, tokenizer, held_out: list) -> dict
         with torch.no_grad(), delta.applied(model):
             for k, v in edit_scores(model, tokenizer, [request]).items():
                 edited[k].append(v)
+            text_kl.append(float(kl_per_position(base_text, model(input_ids=windows, use_cache=False).logits).mean()))
     seconds = time.perf_counter() - start
     result = {"requests": len(requests), "seconds_per_edit": round(seconds / max(len(requests), 1), 3)}
     result.update({k: round(mean(edited[k]), 4) for k in KEYS})
     result["unedited"] = {k: round(mean(unedited[k]), 4) for k in KEYS}
     result["neighborhood_drop"] = round(result["unedited"]["neighborhood"] - result["neighborhood"], 4)
+    result["text_kl"] = round(mean(text_kl), 6)
     result["delta_fro_mean"] = {k: round(mean(v), 4) for k, v in norms.items()}
     return result
 
@@ -105,6 +117,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     parser.add_argument("--eval-only", action="store_true", help="no training: evaluate the checkpoint in --out")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N held-out requests")
+    parser.add_argument("--text-corpus", default="bundled:c4", help="corpus of the text_kl score (default: bundled:c4)")
+    parser.add_argument("--text-windows", type=int, default=8, help="windows of 32 tokens for the text_kl score")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

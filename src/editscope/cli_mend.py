@@ -24,6 +24,7 @@ def cmd_mend_train(args: argparse.Namespace) -> int:
     from editscope.data import load_requests
     from editscope.editors.mend import MENDTrainConfig, MENDTrainer, default_checkpoint_folder, load_checkpoint, split_requests
     from editscope.editors.mend.checkpoint import HELD_OUT, is_checkpoint
+    from editscope.editors.mend.train_config import saved_config
     from editscope.models import load, model_fingerprint
 
     overrides = parse_assignments(args.set, "--set")
@@ -46,7 +47,7 @@ def cmd_mend_train(args: argparse.Namespace) -> int:
             raise EditscopeError(f"{out} holds a MEND checkpoint (step {step}): --resume to continue it, --overwrite to start over")
     elif args.resume:
         raise EditscopeError(f"--resume: no MEND checkpoint at {out}")
-    config = MENDTrainConfig.from_mapping({**(saved.meta["config"] if saved else {}), **overrides})
+    config = MENDTrainConfig.from_mapping({**(saved_config(saved.meta) if saved else {}), **overrides})
     data = args.data or (saved.meta["data"]["source"] if saved else "demo")
     requests = load_requests(data, args.format)
     train, held_out = split_requests(requests, config.held_out, config.seed)
@@ -90,15 +91,17 @@ def cmd_mend_train(args: argparse.Namespace) -> int:
 
 def cmd_mend_info(args: argparse.Namespace) -> int:
     from editscope.editors.mend import load_checkpoint
+    from editscope.editors.mend.train_config import saved_config
 
     checkpoint = load_checkpoint(args.folder)
     meta = checkpoint.meta
     info = {
         "folder": str(checkpoint.folder), "model": meta.get("model"), "fingerprint": checkpoint.fingerprint,
-        "step": checkpoint.step, "complete": meta.get("complete"), "config": meta["config"],
+        "step": checkpoint.step, "complete": meta.get("complete"), "config": saved_config(meta),
         "weights": [s["name"] for s in meta["slots"]],
         "data": {k: v for k, v in meta.get("data", {}).items() if k != "held_out_ids"},
         "held_out": len(meta.get("data", {}).get("held_out_ids", [])),
+        "loc_text": meta.get("loc_text"),
         "last": meta["history"][-1] if meta.get("history") else None,
     }
     if args.json:
@@ -121,7 +124,7 @@ def add_mend_parser(sub: Any) -> None:
     train.add_argument("--model", default=None, help="bundled name, HF folder or hub id (default: smollm2-135m, or the resumed checkpoint's)")
     train.add_argument("--data", default=None, help="edit dataset file or 'demo' (default: demo; a held-out part is never trained on)")
     train.add_argument("--format", default=None, help="force a dataset format")
-    train.add_argument("--steps", type=int, default=None, help="training steps (default: MENDTrainConfig.steps, 2500)")
+    train.add_argument("--steps", type=int, default=None, help="training steps (default: MENDTrainConfig.steps, 1400)")
     train.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: $EDITSCOPE_HOME/mend/<model fingerprint>)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training hyperparameter, e.g. rank=128 (see MENDTrainConfig)")
     train.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")

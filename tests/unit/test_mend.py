@@ -9,12 +9,13 @@ import torch
 from tests.conftest import train_tiny_mend
 
 from editscope.cli import main
-from editscope.config import ConfigError
+from editscope.config import ConfigError, to_dict
 from editscope.data import load_requests
 from editscope.editors import build_editor
 from editscope.editors.ft import request_batch, target_nll
 from editscope.editors.mend import MENDCheckpointError, MENDNetwork, MENDTrainConfig, MENDTrainer, load_checkpoint, split_requests
 from editscope.editors.mend.factors import edit_sites, gradient_factors, low_rank_edits, pack_groups, tokens_of
+from editscope.editors.mend.locality import kl_per_position, text_locality_kl, text_pass, text_windows
 from editscope.editors.mend.network import NORM_EPS, WeightSlot, mend_update, merge_moments, rank_one_gradient
 from editscope.editors.mend.training import per_row_nll
 from editscope.evaluation import score_targets
@@ -287,6 +288,148 @@ def test_missing_checkpoint_and_wrong_layers_are_clear_errors(mend_checkpoint, t
         build_editor("mend", {"checkpoint": str(mend_checkpoint("llama")), "layers": [1]}).prepare(model, tok)
     with pytest.raises(ValueError, match="not a block part"):
         MENDTrainer(model, tok, REQUESTS, [], MENDTrainConfig(parts=("mlp_gate",)), model_name="t", data_name="d")
+
+
+# -- the locality loss on unrelated text (Eq. 4b) ----------------------------------------------
+def _text_pass_inputs(arch: str = "llama", layers=(-2, -1)):
+    from editscope.data.corpora import TextCorpus
+
+    model, tok, spec = tiny_model(arch)
+    sites = edit_sites(model, spec, layers, ("mlp_in", "mlp_out"))
+    corpus = TextCorpus(("The quick brown fox jumps over the lazy dog. " * 3, "Short.", "Paris is the capital of France."),
+                        {"source": "test", "fingerprint": "x"})
+    ids = text_windows(tok, corpus, 16)
+    gen = torch.Generator().manual_seed(0)
+    packed = {}
+    for site in sites:
+        u = (torch.randn(2, 3, site.slot.in_features, generator=gen) * 0.2).requires_grad_()
+        d = (torch.randn(2, 3, site.slot.out_features, generator=gen) * 0.2).requires_grad_()
+        packed[site.name] = (u, d)
+    return model, spec, sites, ids, packed
+
+
+def test_text_windows_are_consecutive_slices_and_short_documents_are_dropped():
+    from editscope.data.corpora import TextCorpus
+
+    _, tok, _ = tiny_model("llama")
+    text = "The quick brown fox jumps over the lazy dog. " * 3  # 135 bytes: 8 windows of 16 byte tokens
+    corpus = TextCorpus((text, "Short."), {"source": "test", "fingerprint": "x"})
+    windows = text_windows(tok, corpus, 16)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert windows.shape == (len(ids) // 16, 16) and windows.dtype == torch.long
+    assert windows.flatten().tolist() == ids[: windows.numel()]
+    with pytest.raises(ConfigError, match="loc_text_tokens"):
+        text_windows(tok, corpus, 1000)
+
+
+def test_kl_per_position_is_the_reference_kl_and_zero_on_equal_logits():
+    gen = torch.Generator().manual_seed(0)
+    base, edited = torch.randn(2, 5, 11, generator=gen), torch.randn(2, 5, 11, generator=gen)
+    reference = torch.nn.functional.kl_div(edited.log_softmax(-1), base.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    assert torch.allclose(kl_per_position(base, edited), reference, atol=1e-6)
+    assert (kl_per_position(base, edited) > 0).all() and torch.equal(kl_per_position(base, base), torch.zeros(2, 5))
+    assert text_locality_kl(base, edited) == pytest.approx(float(reference.mean()), abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_text_kl_is_zero_without_an_edit_and_trains_the_edit_factors(arch):
+    model, spec, sites, ids, packed = _text_pass_inputs(arch)
+    owner = torch.arange(ids.shape[0]) % 2
+    zero = {name: (u.detach(), torch.zeros_like(d)) for name, (u, d) in packed.items()}  # a zero step size
+    base, edited = text_pass(model, spec, sites, zero, owner, ids, None)
+    assert base.shape == (ids.shape[0], ids.shape[1], model.config.vocab_size)
+    assert float(text_locality_kl(base, edited.detach())) == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():
+        assert torch.allclose(base, model(input_ids=ids).logits, atol=1e-5)  # the replayed lower blocks change nothing
+    base, edited = text_pass(model, spec, sites, packed, owner, ids, None)
+    kl = text_locality_kl(base, edited)
+    assert float(kl.detach()) > 1e-4 and not base.requires_grad
+    kl.backward()
+    for name, (u, d) in packed.items():
+        assert u.grad is not None and d.grad is not None and float(d.grad.abs().sum()) > 0, name
+    with torch.no_grad(), low_rank_edits(model, sites, packed, owner):
+        assert torch.allclose(edited, model(input_ids=ids).logits, atol=1e-5)  # each window under its own edit
+
+
+def test_text_only_locality_trains_the_network_without_neighbor_rows(tmp_path):
+    model, tok, _ = tiny_model("llama")
+    requests = load_requests("demo")[:40]
+    config = MENDTrainConfig(layers=(-1,), rank=8, steps=1, batch_size=3, edit_weight=0.0, loc_text_share=1.0,
+                             loc_text_rows=4, loc_text_tokens=16, autocast=None)
+    train, held = split_requests(requests, config.held_out, config.seed)
+    trainer = MENDTrainer(model, tok, train, held, config, model_name="tiny", data_name="demo")
+    assert trainer.rows_for(0).loc_rows.numel() == 0 and trainer.text_rows_for(0).shape == (4, 16)
+    assert torch.equal(trainer.text_rows_for(5), trainer.text_rows_for(5)) and not torch.equal(trainer.text_rows_for(5), trainer.text_rows_for(6))
+    metrics = trainer.train_step()
+    assert metrics["loc_kl"] == 0.0 and metrics["text_kl"] > 0 and metrics["loss"] == pytest.approx(config.loc_weight * metrics["text_kl"])
+    grads = [p.grad for n, p in trainer.network.named_parameters() if n != "log_step_sizes"]
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)  # the text KL alone reaches the network
+    trainer.save(tmp_path / "ckpt")
+    meta = load_checkpoint(tmp_path / "ckpt").meta
+    assert meta["loc_text"]["fingerprint"] == trainer.text_meta["fingerprint"] and meta["loc_text"]["windows"] > 0
+    assert meta["config"]["loc_corpus"] == "default" and meta["config"]["loc_text_share"] == 1.0
+
+
+def test_each_edit_gets_distinct_neighbor_rows_of_its_own():
+    model, tok, _ = tiny_model("llama")
+    requests = load_requests("demo")[:40]
+    config = MENDTrainConfig(layers=(-1,), rank=8, batch_size=3, loc_neighbor_rows=3, autocast=None)
+    train, held = split_requests(requests, config.held_out, config.seed)
+    trainer = MENDTrainer(model, tok, train, held, config, model_name="tiny", data_name="demo")
+    rows = trainer.rows_for(0)
+    assert rows.loc_rows.numel() == 9 and rows.owner[rows.loc_rows].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for index, request in enumerate(trainer.requests_for(0)):
+        mine = rows.loc_rows[rows.owner[rows.loc_rows] == index]
+        ids = {tuple(rows.batch.input_ids[r][rows.batch.attention_mask[r].bool()].tolist()) for r in mine.tolist()}
+        own = {tuple(tok(n.prompt)["input_ids"]) for n in request.neighborhood}
+        assert len(ids) == 3, "three distinct neighbor prompts"
+        assert all(any(i[: len(o)] == o for o in own) for i in ids), "each is one of the request's own neighbors"
+    metrics = trainer.train_step()
+    assert metrics["loc_kl"] > 0 and metrics["text_kl"] > 0
+
+
+def test_resume_refuses_other_locality_text(tmp_path):
+    model, tok, _ = tiny_model("llama")
+    text = tmp_path / "corpus.txt"
+    text.write_text("A first paragraph of unrelated text, long enough to hold a few windows of sixteen tokens. " * 4)
+    requests = load_requests("demo")[:40]
+    config = MENDTrainConfig(layers=(-1,), rank=8, steps=1, batch_size=2, loc_corpus=str(text), loc_text_rows=2,
+                             loc_text_tokens=16, autocast=None)
+    train, held = split_requests(requests, config.held_out, config.seed)
+    MENDTrainer(model, tok, train, held, config, model_name="tiny", data_name="demo").train(tmp_path / "ckpt")
+    text.write_text("Another text altogether, also long enough to hold a few windows of sixteen tokens each. " * 4)
+    trainer = MENDTrainer(model, tok, train, held, config, model_name="tiny", data_name="demo")
+    with pytest.raises(ConfigError, match="locality text differs.*loc_corpus"):
+        trainer.restore(load_checkpoint(tmp_path / "ckpt", optimizer=True))
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"loc_text_share": 1.5}, "loc_text_share"),
+        ({"loc_text_share": -0.1}, "loc_text_share"),
+        ({"loc_text_rows": -1}, "loc_text_rows"),
+        ({"loc_text_rows": 0}, "loc_text_rows"),  # the default share 0.5 needs text rows
+        ({"loc_text_share": 0.0}, "loc_text_rows"),  # the default 8 rows would not count
+        ({"loc_text_tokens": 1}, "loc_text_tokens"),
+        ({"loc_corpus": " "}, "loc_corpus"),
+        ({"loc_weight": -1.0}, "loc_weight"),
+        ({"loc_neighbor_rows": 0}, "loc_neighbor_rows"),
+    ],
+)
+def test_bad_locality_settings_are_errors_naming_the_field(settings, field):
+    with pytest.raises(ConfigError, match=rf"MENDTrainConfig\.{field}:"):
+        MENDTrainConfig(**settings)
+    MENDTrainConfig(loc_text_share=0.0, loc_text_rows=0)  # neighbor prompts only
+    MENDTrainConfig(loc_text_share=1.0)  # unrelated text only
+
+
+def test_checkpoints_from_before_the_text_rows_read_as_neighbor_prompts_only():
+    from editscope.editors.mend.train_config import saved_config
+
+    old = {k: v for k, v in to_dict(MENDTrainConfig()).items() if not k.startswith("loc_text") and k != "loc_corpus"}
+    config = MENDTrainConfig.from_mapping(saved_config({"config": old}))
+    assert config.loc_text_share == 0.0 and config.loc_text_rows == 0 and config.rank == MENDTrainConfig().rank
 
 
 # -- data split --------------------------------------------------------------------------------

@@ -7,14 +7,17 @@ together), makes the edit MEND would make and scores the edited model:
    ``target_new`` after the prompt (each request's mean token NLL, so requests do not mix);
 2. ``(ũ, δ̃) = g(u, δ)`` and the low-rank edit ``ΔW = −α Σ_t δ̃_t ũ_tᵀ`` (see ``network``);
 3. outer pass on the edited model: the edit loss ``L_e`` (NLL of ``target_new`` on the edit prompt
-   and one paraphrase, Eq. 4a) and the locality loss ``L_loc = KL(p_θ ‖ p_θ̃)`` on a neighborhood
-   prompt at its answer's positions (Eq. 4b);
+   and one paraphrase, Eq. 4a) and the locality loss ``L_loc = KL(p_θ ‖ p_θ̃)`` (Eq. 4b), a mix of
+   the KL on a neighborhood prompt at its answer's positions and the KL on windows of unrelated
+   text at all their positions (see ``locality``);
 4. ``L = c_e L_e + c_loc L_loc`` (Eq. 4c) is minimized over the hypernetwork and the step sizes
    with AdamW; the model stays frozen.
 
-Both passes run on one batch of rows (edit, paraphrase, locality); the blocks below the first
-edited one do not depend on the edit and run once per step (replayed from a cache).
-The requests of step ``s`` depend only on ``(seed, s)``, so a resumed run sees the same batches.
+Both passes run on one batch of rows (edit, paraphrase, neighbor prompt); the text windows, which
+are longer and need logits at every position, run as a second batch of the same step, each window
+with one of the step's edits. The blocks below the first edited one do not depend on the edit and
+run once per step and batch (replayed from a cache). The requests and text windows of step ``s``
+depend only on ``(seed, s)``, so a resumed run sees the same batches.
 """
 
 from __future__ import annotations
@@ -33,10 +36,13 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editscope.config import ConfigError, from_dict, to_dict
+from editscope.config import ConfigError, to_dict
+from editscope.data.corpora import load_corpus
 from editscope.editors.mend.checkpoint import MENDCheckpoint, save_checkpoint
 from editscope.editors.mend.factors import edit_sites, gradient_factors, low_rank_edits, pack_groups, tokens_of
+from editscope.editors.mend.locality import locality_kl, locality_pool, text_locality_kl, text_pass, text_windows
 from editscope.editors.mend.network import MENDNetwork
+from editscope.editors.mend.train_config import RESUMABLE_CHANGES, MENDTrainConfig, saved_config
 from editscope.evaluation.scoring import TargetBatch, target_batch
 from editscope.linalg.values import replay_lower_blocks
 from editscope.models.fingerprint import model_fingerprint
@@ -50,97 +56,6 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int, dict[str, float]], None]
 
 
-@dataclass(frozen=True)
-class MENDTrainConfig:
-    """Hyperparameters of MEND training; saved with the checkpoint (the network's shape comes from here).
-
-    Attributes:
-        layers: decoder blocks whose matrices are edited; negative counts from the end. MEND edits
-            the MLPs of the last 3 blocks (Mitchell et al. 2022, Sec. 5.1).
-        parts: which matrices of each block, as ``ModelSpec`` part names (``mlp_in`` = up projection,
-            ``mlp_out`` = down projection, ``attn_out``). MEND: the MLP weights.
-        rank: inner rank of each low-rank layer of ``g`` (count). MEND's implementation: 1920; smaller
-            here for CPU training time.
-        hidden_layers: hidden (ReLU) layers of ``g``; ``g`` has this many plus one. MEND: 1.
-        step_size_init: initial per-matrix step size ``α_ℓ`` (weight units per unit pseudo-gradient). MEND: 1e-4.
-        steps: training steps (count). 2500: about 23 min for SmolLM2-135M at 1.84 steps/s (one
-            thread, bf16 autocast, this project's 2-core CPU), so within 30 min on a shared machine.
-        batch_size: requests per step (count); each is edited on its own unless ``group_size`` > 1.
-        group_size: requests edited together (their updates summed, as MEND's batched edits). MEND: 1.
-        lr: AdamW learning rate of the network. MEND: 1e-6 on 2.7B-12B models with 100k+ steps
-            (with ``V`` ~ N(0, 1)); here ``V`` is scaled (see ``LowRankResidual``) and 3e-4 learns within
-            a few hundred steps on SmolLM2, where 1e-3 diverged after about 350 steps.
-        step_size_lr: AdamW learning rate of the log step sizes (so a relative change per step). MEND
-            learns the step sizes themselves with ``lr_lr`` 1e-4 from 1e-4, which can drive them to zero
-            in one step on a short budget.
-        lr_final: both learning rates follow a cosine from their value at step 0 to this fraction of
-            it at ``steps`` (1 keeps them constant, as MEND does; a decay steadies the end of a short run).
-        weight_decay: AdamW decoupled weight decay on the network (not the step sizes). MEND: 0.
-        grad_clip: gradient-norm clip of each update. MEND: 100; 1 here (typical norms 0.5-1.5 on
-            SmolLM2), which kept training stable where 100 let rare large gradients derail it.
-        edit_weight: ``c_e``, weight of the edit loss (Eq. 4c). MEND: 0.1. On the demo set (whose
-            neighborhood prompts share the edit prompt's template) 0.1 left held-out efficacy at 0.67
-            and 1.0 cost 0.42 of neighborhood score (200 steps at lr 1e-3); 0.3 gave 0.93 efficacy,
-            0.99 paraphrase and a 0.13 neighborhood drop (900 steps at lr 3e-4, 30 held-out edits).
-        loc_weight: ``c_loc``, weight of the locality KL (Eq. 4c). MEND: 1.
-        held_out: fraction of the data set aside for evaluation, never trained on (deterministic in ``seed``).
-        seed: seed of the network's initialization, the held-out split and the batch order.
-        checkpoint_every: save a checkpoint every this many steps (and at the end).
-        autocast: dtype name for autocast of the model's passes, or ``None`` for the model's own precision.
-            ``"bfloat16"``: about 3x faster training on this project's CPUs (SmolLM2-135M), with the
-            first step's losses within 0.01 nats of float32; the editor reads ``u``, ``δ`` the same way.
-            The hypernetwork itself always computes in float32.
-    """
-
-    layers: tuple[int, ...] = (-3, -2, -1)
-    parts: tuple[str, ...] = ("mlp_in", "mlp_out")
-    rank: int = 256
-    hidden_layers: int = 1
-    step_size_init: float = 1e-4
-    steps: int = 2500
-    batch_size: int = 8
-    group_size: int = 1
-    lr: float = 3e-4
-    step_size_lr: float = 1e-2
-    lr_final: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    edit_weight: float = 0.3
-    loc_weight: float = 1.0
-    held_out: float = 0.2
-    seed: int = 0
-    checkpoint_every: int = 100
-    autocast: str | None = "bfloat16"
-
-    def __post_init__(self) -> None:
-        where = type(self).__name__
-        if not self.layers or not self.parts:
-            raise ConfigError(f"{where}: layers and parts must not be empty")
-        for name in ("rank", "steps", "batch_size", "group_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.hidden_layers < 0:
-            raise ConfigError(f"{where}.hidden_layers: must be >= 0, got {self.hidden_layers}")
-        for name in ("lr", "step_size_lr", "grad_clip", "step_size_init"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{where}.{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "edit_weight", "loc_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
-        if not 0 < self.lr_final <= 1:
-            raise ConfigError(f"{where}.lr_final: must be in (0, 1], got {self.lr_final}")
-        if not 0 <= self.held_out < 1:
-            raise ConfigError(f"{where}.held_out: must be in [0, 1), got {self.held_out}")
-
-    @staticmethod
-    def from_mapping(data: dict[str, Any], where: str = "mend train") -> MENDTrainConfig:
-        return from_dict(MENDTrainConfig, data, where=where)
-
-
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every"})
-"""Config fields a resumed training may change (a new ``steps`` stretches the learning-rate schedule)."""
-
-
 def split_requests(requests: Sequence[EditRequest], held_out: float, seed: int) -> tuple[list[EditRequest], list[EditRequest]]:
     """(train, held-out): the ``round(held_out · n)`` requests with the smallest ``sha256(seed/id)`` are held out.
 
@@ -150,15 +65,6 @@ def split_requests(requests: Sequence[EditRequest], held_out: float, seed: int) 
     ranked = sorted(requests, key=lambda r: hashlib.sha256(f"{seed}/{r.id}".encode()).hexdigest())
     held_ids = {r.id for r in ranked[:count]}
     return [r for r in requests if r.id not in held_ids], [r for r in requests if r.id in held_ids]
-
-
-def locality_pool(train: Sequence[EditRequest], held_out: Sequence[EditRequest]) -> list[tuple[str, str]]:
-    """(prompt, answer) pairs for the locality loss: the training requests' neighborhood prompts,
-    except those that are a held-out request's own prompt; requests without neighbors add their own true fact."""
-    excluded = {r.text for r in held_out}
-    pool = [(n.prompt, n.answer) for r in train for n in r.neighborhood if n.prompt not in excluded]
-    pool += [(r.text, r.target_true) for r in train if not r.neighborhood]
-    return list(dict.fromkeys(pool))
 
 
 @dataclass(frozen=True)
@@ -179,15 +85,6 @@ def per_row_nll(logits: Tensor, batch: TargetBatch, rows: Tensor) -> Tensor:
     picked = logprobs.gather(2, batch.target_ids[rows, :, None]).squeeze(2)
     mask = batch.target_mask[rows]
     return -(picked * mask).sum(1) / mask.sum(1)
-
-
-def locality_kl(base_logits: Tensor, edited_logits: Tensor, batch: TargetBatch, rows: Tensor) -> Tensor:
-    """``KL(p_θ ‖ p_θ̃)`` (MEND Eq. 4b) averaged over the target positions of ``rows`` (a scalar)."""
-    base = torch.log_softmax(base_logits[rows].float(), dim=-1)
-    edited = torch.log_softmax(edited_logits[rows].float(), dim=-1)
-    kl = (base.exp() * (base - edited)).sum(-1)  # [rows, keep]
-    mask = batch.target_mask[rows]
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
 def lr_factor(step: int, steps: int, final: float) -> float:
@@ -219,10 +116,19 @@ class MENDTrainer:
         self.sites = edit_sites(model, self.spec, config.layers, config.parts)
         self.device = model.get_input_embeddings().weight.device
         self.fingerprint = model_fingerprint(model)
-        self.loc_pool = locality_pool(self.train_requests, self.held_out)
+        self.loc_pool = locality_pool(self.train_requests, self.held_out) if config.loc_text_share < 1 else []
         self._loc_set = set(self.loc_pool)
-        if not self.loc_pool:
-            raise ConfigError("mend train: no locality prompts (no neighborhood prompts outside the held-out requests)")
+        if config.loc_text_share < 1 and not self.loc_pool:
+            raise ConfigError("mend train: no locality prompts (no neighborhood prompts outside the held-out requests); "
+                              "set loc_text_share=1 for unrelated text only")
+        self.text_meta: dict[str, Any] | None = None
+        self.windows: Tensor | None = None
+        if config.loc_text_rows:
+            corpus = load_corpus(config.loc_corpus, model=model, tokenizer=tokenizer, seed=config.seed)
+            self.windows = text_windows(tokenizer, corpus, config.loc_text_tokens)
+            self.text_meta = {**corpus.metadata, "windows": int(self.windows.shape[0])}
+            logger.info("mend locality text: %d windows of %d tokens from %s", self.windows.shape[0],
+                        config.loc_text_tokens, corpus.metadata.get("resolved", corpus.metadata["source"]))
         self.network = MENDNetwork(
             [s.slot for s in self.sites], rank=config.rank, hidden_layers=config.hidden_layers,
             step_size_init=config.step_size_init, seed=config.seed,
@@ -265,14 +171,15 @@ class MENDTrainer:
                 targets.append(r.target_new)
                 para_owner.append(owners[i])
         loc_owner = []
-        for i, r in enumerate(requests):
+        for i, r in enumerate(requests if self.loc_pool else ()):
             choices = [(n.prompt, n.answer) for n in r.neighborhood if (n.prompt, n.answer) in self._loc_set]
             if not choices:
                 choices = [pair for pair in self.loc_pool if pair[0] != r.text] or self.loc_pool
-            prompt, answer = rng.choice(choices)
-            prompts.append(prompt)
-            targets.append(answer)
-            loc_owner.append(owners[i])
+            k = self.config.loc_neighbor_rows
+            for prompt, answer in [rng.choice(choices)] if k == 1 else rng.sample(choices, min(k, len(choices))):
+                prompts.append(prompt)
+                targets.append(answer)
+                loc_owner.append(owners[i])
         batch = target_batch(self.tokenizer, prompts, targets, self.device)
         n_edit, n_para = len(requests), len(para_owner)
         arange = torch.arange(len(prompts), device=self.device)
@@ -284,6 +191,14 @@ class MENDTrainer:
             torch.tensor(owners + para_owner + loc_owner, device=self.device),
             owners[-1] + 1,
         )
+
+    def text_rows_for(self, step: int) -> Tensor:
+        """The text windows of ``step`` (``[loc_text_rows, loc_text_tokens]`` token ids), drawn without replacement."""
+        assert self.windows is not None
+        n, k = self.windows.shape[0], self.config.loc_text_rows
+        rng = random.Random(f"{self.config.seed}/text/{step}")
+        picks = rng.sample(range(n), k) if k <= n else [rng.randrange(n) for _ in range(k)]
+        return self.windows[picks].to(self.device)
 
     # -- one step ------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -317,10 +232,17 @@ class MENDTrainer:
                 packed[site.name] = (pack_groups(u_tilde, token_group, rows.groups), pack_groups(scaled, token_group, rows.groups))
             with autocast(self.device, cfg.autocast), low_rank_edits(self.model, self.sites, packed, rows.owner):
                 edited_logits = self.model(**kwargs).logits
+            stack.close()  # the text windows replay their own lower blocks
             edit_rows = torch.cat([rows.edit_rows, rows.paraphrase_rows])
             edit_nll = per_row_nll(edited_logits, batch, edit_rows)
             loc = locality_kl(base_logits, edited_logits, batch, rows.loc_rows)
-            loss = cfg.edit_weight * edit_nll.mean() + cfg.loc_weight * loc
+            text = torch.zeros((), device=self.device)
+            if self.windows is not None:
+                ids = self.text_rows_for(self.step)
+                owner = torch.arange(ids.shape[0], device=self.device) % rows.groups
+                text = text_locality_kl(*text_pass(self.model, self.spec, self.sites, packed, owner, ids, cfg.autocast))
+            share = cfg.loc_text_share
+            loss = cfg.edit_weight * edit_nll.mean() + cfg.loc_weight * ((1 - share) * loc + share * text)
             for group, base in zip(self.optimizer.param_groups, (cfg.lr, cfg.step_size_lr)):
                 group["lr"] = base * lr_factor(self.step, cfg.steps, cfg.lr_final)
             self.optimizer.zero_grad(set_to_none=True)
@@ -338,6 +260,7 @@ class MENDTrainer:
             "pre_nll": float(pre_nll.mean()),
             "paraphrase_nll": float(edit_nll[n_edit:].detach().mean()) if edit_nll.shape[0] > n_edit else float("nan"),
             "loc_kl": float(loc.detach()),
+            "text_kl": float(text.detach()),
             "edit_acc": float(hits.all(dim=1).float().mean()),
             "grad_norm": float(grad_norm),
             "step_size": float(self.network.step_sizes.detach().mean()),
@@ -369,6 +292,7 @@ class MENDTrainer:
             "complete": self.step >= self.config.steps,
             "data": {"source": self.data_name, "train": len(self.train_requests), "held_out_ids": [r.id for r in self.held_out]},
             "history": self.history,
+            "loc_text": self.text_meta,
             "torch_threads": torch.get_num_threads(),
         }
 
@@ -379,12 +303,16 @@ class MENDTrainer:
     def restore(self, checkpoint: MENDCheckpoint) -> None:
         """Continue from ``checkpoint`` (same model, data split and config up to :data:`RESUMABLE_CHANGES`)."""
         checkpoint.check_model(self.fingerprint)
-        saved = checkpoint.meta["config"]
+        saved = saved_config(checkpoint.meta)
         differs = sorted(k for k, v in to_dict(self.config).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
         if differs:
             raise ConfigError(
                 f"{checkpoint.folder}: cannot resume with a different config ({', '.join(f'{k}: saved {saved.get(k)!r}, now {to_dict(self.config)[k]!r}' for k in differs)})"
             )
+        saved_text = (checkpoint.meta.get("loc_text") or {}).get("fingerprint")
+        if saved_text != (self.text_meta or {}).get("fingerprint"):
+            raise ConfigError(f"{checkpoint.folder}: the locality text differs from the checkpoint's (corpus fingerprint "
+                              f"saved {saved_text}, now {(self.text_meta or {}).get('fingerprint')}); resume with the same loc_corpus")
         held = checkpoint.meta["data"]["held_out_ids"]
         if held != [r.id for r in self.held_out] or checkpoint.meta["data"]["train"] != len(self.train_requests):
             raise ConfigError(f"{checkpoint.folder}: the data split differs from the checkpoint's; resume with the same --data")
