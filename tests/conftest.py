@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-import torch
 
 from editscope.models import tiny_model
+from editscope.sweep.task import torch_threads
 
 SHARED_DATA = Path(os.environ.get("EDITSCOPE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -50,12 +50,8 @@ def tiny_folder(tmp_path_factory) -> Path:
 def one_thread():
     """One torch thread for the test: multi-threaded CPU kernels (MKL, OpenMP reductions) are not
     reproducible run to run, so comparisons of two runs bit for bit are made single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -126,10 +126,9 @@ def _cache_block_output(model: PreTrainedModel, spec: ModelSpec, layer: int, bat
     return capture_outputs(model, [path], path, **batch.forward_kwargs())[path]
 
 
-def _rows_of(active: Tensor, n: int, t: int) -> Tensor:
-    """Batch rows of the active requests: their ``t`` rewriting rows (request-major), then their KL rows."""
-    requests = active.nonzero().squeeze(1)
-    rewrite = (requests[:, None] * t + torch.arange(t, device=active.device)).reshape(-1)
+def _rows_of(requests: Tensor, n: int, t: int) -> Tensor:
+    """Batch rows of ``requests`` (indices): their ``t`` rewriting rows (request-major), then their KL rows."""
+    rewrite = (requests[:, None] * t + torch.arange(t, device=requests.device)).reshape(-1)
     return torch.cat([rewrite, n * t + requests])
 
 
@@ -189,7 +188,7 @@ def compute_z(
             ids = active.nonzero().squeeze(1)
             if current is None or not torch.equal(current, ids):  # (re)build the batch of the active requests
                 stack.close()
-                current, rows = ids, _rows_of(active, n, t)
+                current, rows = ids, _rows_of(ids, n, t)
                 batch, owner = _select_rows(full, rows), full_owner[rows]
                 if lower is not None:
                     stack.enter_context(replay_lower_blocks(model, spec, last_skipped, replace_hidden(lower, output_hidden(lower)[rows])))

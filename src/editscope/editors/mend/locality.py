@@ -13,7 +13,7 @@ Two kinds of locality rows, mixed by ``MENDTrainConfig.loc_text_share``:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from editscope.data.corpora import TextCorpus
 from editscope.editors.mend.factors import EditSite, low_rank_edits
 from editscope.evaluation.scoring import TargetBatch
 from editscope.linalg.values import replay_lower_blocks
-from editscope.models.hooks import hooks
+from editscope.models.hooks import capture_outputs
 from editscope.models.spec import ModelSpec
 from editscope.precision import autocast
 from editscope.types import EditRequest
@@ -88,26 +88,19 @@ def text_pass(
     """Logits of the unedited and the edited model on text windows ``input_ids`` [windows, tokens].
 
     Window ``r`` gets edit ``owner[r]`` of ``packed`` (as :func:`~editscope.editors.mend.factors.low_rank_edits`).
-    The unedited pass runs without gradients and records the output of the block below the first edited
-    one; the edited pass replays it (the lower blocks do not depend on the edit) with gradients to
-    ``packed``. Returns ``(base, edited)``, each ``[windows, tokens, vocab]``; ``base`` is detached.
+    The blocks below the first edited one run once (they do not depend on the edit) and are replayed
+    for both passes; the edited pass carries gradients to ``packed``. Returns ``(base, edited)``, each ``[windows, tokens, vocab]``; ``base`` is detached.
     """
     kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
     first = min(site.layer for site in sites)
-    captured: dict[str, Any] = {}
-
-    def grab(path: str) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple, kw: dict, output: Any) -> None:
-            captured[path] = output
-
-        return hook
-
-    below = spec.layer_path(first - 1) if first > 0 else None
-    with torch.no_grad(), autocast(input_ids.device, autocast_dtype), hooks(model, post={below: grab(below)} if below else {}):
-        base = model(**kwargs).logits
     with contextlib.ExitStack() as stack:
-        if below is not None:
-            stack.enter_context(replay_lower_blocks(model, spec, first - 1, captured[below]))
+        if first > 0:
+            below = spec.layer_path(first - 1)
+            with autocast(input_ids.device, autocast_dtype):
+                cached = capture_outputs(model, [below], below, **kwargs)[below]
+            stack.enter_context(replay_lower_blocks(model, spec, first - 1, cached))
+        with torch.no_grad(), autocast(input_ids.device, autocast_dtype):
+            base = model(**kwargs).logits
         with autocast(input_ids.device, autocast_dtype), low_rank_edits(model, sites, packed, owner):
             edited = model(**kwargs).logits
     return base.detach(), edited
