@@ -1,7 +1,7 @@
 """Train MEND on a model with the default settings, then score single edits on the held-out requests.
 
 Usage:
-  python benchmarks/mend_train.py [--model smollm2-135m] [--data demo] [--steps N] [--out DIR]
+  python benchmarks/mend_train.py [--model smollm2-135m] [--data demo] [--eval-data NAME] [--steps N] [--out DIR]
                                   [--set KEY=VALUE ...] [--resume] [--eval-only] [--eval-limit N]
                                   [--text-corpus SRC] [--text-windows N] [--device cpu|cuda] [--json]
 
@@ -58,6 +58,12 @@ def train(args: argparse.Namespace, model, tokenizer) -> tuple[dict, list]:
     config = MENDTrainConfig.from_mapping({**(saved_config(saved.meta) if saved else {}), **overrides})
     requests = load_requests(args.data)
     train_set, held_out = split_requests(requests, config.held_out, config.seed)
+    if args.eval_data:
+        held_out = split_requests(load_requests(args.eval_data), config.held_out, config.seed)[1]
+        subjects = {r.subject.casefold() for r in held_out}
+        train_set = [r for r in train_set if r.subject.casefold() not in subjects]
+        logging.info("training on %d requests of %s (none with a subject of the %d held-out %s requests)",
+                     len(train_set), args.data, len(held_out), args.eval_data)
     trainer = MENDTrainer(model, tokenizer, train_set, held_out, config, model_name=args.model, data_name=args.data)
     if saved is not None:
         trainer.restore(saved)
@@ -111,6 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", default="demo")
+    parser.add_argument("--eval-data", default=None,
+                        help="evaluate on this data set's held-out split instead of --data's (its subjects are left out of training)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: MENDTrainConfig.steps)")
     parser.add_argument("--out", type=Path, default=Path("runs/mend-smollm2-135m"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

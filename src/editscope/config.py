@@ -95,8 +95,8 @@ def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "config") -> C
 
 
 def replace(config: C, overrides: Mapping[str, Any], where: str = "config") -> C:
-    """``config`` with ``overrides`` applied, validated like :func:`from_dict`."""
-    return from_dict(type(config), {**to_dict(config), **overrides}, where)
+    """``config`` with ``overrides`` applied (nested mappings merged, see :func:`deep_merge`), validated like :func:`from_dict`."""
+    return from_dict(type(config), deep_merge(to_dict(config), overrides), where)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -124,6 +124,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top, mapping into mapping: ``{"z": {"steps": 5}}`` over
+    ``{"z": {"mpes": True}}`` gives ``{"z": {"mpes": True, "steps": 5}}``; any other value replaces."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def parse_assignments(items: Sequence[str], flag: str) -> dict[str, Any]:

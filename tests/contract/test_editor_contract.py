@@ -48,7 +48,7 @@ def editors() -> list[str]:
     return EDITORS.names()
 
 
-@pytest.fixture(params=["llama", "gpt2"])
+@pytest.fixture(params=["llama", "gpt2", "gemma3"])
 def tiny(request):
     return tiny_model(request.param, seed=0)
 

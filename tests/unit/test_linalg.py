@@ -170,3 +170,33 @@ def test_gram_state_accumulates_and_round_trips():
     other = build_editor("alphaedit", {**TINY, "layers": [1], "nullspace_threshold": 5e-2, "alpha": 0.1})
     other.load_state_dict(state)
     torch.testing.assert_close(other.state_dict()["gram.1"], state["gram.1"])
+
+
+def _residual_miss(arch_model, editor_name: str, map_through_norm: bool, monkeypatch) -> float:
+    """||h_after - z*|| / ||z* - h_before|| at the edited layer after a one-layer, lambda -> 0 edit."""
+    from editscope.editors import locate
+    from editscope.linalg.keys import compute_site_values
+    from editscope.linalg.values import compute_z
+
+    model, tok, spec = arch_model
+    if not map_through_norm:
+        monkeypatch.setattr(locate, "prenorm_residual", lambda model, tok, spec, layer, requests, r: r)
+    # clamp 0.1: a residual change the block's normed output (||norm(m)|| = 8 against ||h|| = 22) can reach
+    z_config = {**TINY["z"], "clamp_norm_factor": 0.1}
+    editor = build_editor(editor_name, {**TINY, "context_prefixes": 0, "layers": [2], "mom2_update_weight": 1e-6, "z": z_config})
+    delta = editor.compute_delta(model, tok, [REQUEST])
+    z = compute_z(model, tok, spec, 2, [REQUEST], editor._templates, editor.config.z).z
+    before = compute_site_values(model, tok, spec, 2, [REQUEST])
+    with delta.applied(model):
+        after = compute_site_values(model, tok, spec, 2, [REQUEST])
+    return float((after - z).norm() / (z - before).norm())
+
+
+def test_memit_reaches_residual_target_through_gemma_post_mlp_norm(monkeypatch):
+    """Gemma norms the MLP output before the residual add: the share is mapped to a pre-norm target, so
+    the edited block's output reaches z*; solving for the residual share directly misses it."""
+    tiny = tiny_model("gemma3")
+    mapped = _residual_miss(tiny, "memit", True, monkeypatch)
+    unmapped = _residual_miss(tiny, "memit", False, monkeypatch)
+    assert mapped < 0.1, (mapped, unmapped)
+    assert unmapped > 3 * mapped, (mapped, unmapped)

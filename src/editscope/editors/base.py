@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editscope.config import ConfigError, from_dict, load_yaml
+from editscope.config import ConfigError, deep_merge, from_dict, load_yaml
 from editscope.models.spec import ModelSpec, spec_for_config
 from editscope.registry import Registry
 from editscope.types import EditRequest, WeightDelta
@@ -133,5 +133,5 @@ def default_config(editor: str, model_name: str | None) -> dict[str, Any]:
 def build_editor(name: str, overrides: dict[str, Any] | None = None, *, model_name: str | None = None) -> Editor:
     """Instantiate editor ``name`` with its shipped defaults for ``model_name`` and ``overrides`` on top."""
     cls = EDITORS.get(name)
-    data = {**default_config(name, model_name), **(overrides or {})}
+    data = deep_merge(default_config(name, model_name), overrides or {})
     return cls(from_dict(cls.config_class, data, where=f"{name} config"))

@@ -3,7 +3,8 @@
 1. z* for every request at the residual stream after the last edited block (batched, see linalg.values);
 2. for each edited layer l, lowest first: keys K_l (averaged over context prefixes), residual
    R_l = (z* - current value) / (layers left), an update dW_l from the method's equation, applied
-   temporarily so the next layer sees it;
+   temporarily so the next layer sees it; where the block norms the MLP output before adding it
+   (Gemma), R_l is first mapped to the pre-norm output (:mod:`editscope.linalg.postnorm`);
 3. the model is restored exactly and the accumulated updates returned as one WeightDelta.
 
 A subclass implements :meth:`LocateEditor.layer_update` (one paper equation); statistics, keys
@@ -25,7 +26,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.data.corpora import load_corpus
 from editscope.editors.base import Editor, EditorConfig
-from editscope.linalg.keys import compute_keys, compute_site_values, context_templates
+from editscope.linalg.keys import bare_prompt_outputs, compute_keys, compute_site_values, context_templates
+from editscope.linalg.postnorm import prenorm_target, rms_gain
 from editscope.linalg.stats import second_moments
 from editscope.linalg.values import ZConfig, compute_z
 from editscope.models.fingerprint import model_fingerprint
@@ -59,6 +61,19 @@ class LocateConfig(EditorConfig):
     stats_samples: int = 1000
     stats_seq_len: int = 256
     stats_autocast: str | None = None
+
+
+def prenorm_residual(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: ModelSpec, layer: int,
+    requests: Sequence[EditRequest], r: Tensor,
+) -> Tensor:
+    """Layer ``layer``'s residual share ``r`` [d, n], wanted after ``spec.mlp_out_norm``, as a change of the
+    MLP output before that norm (what W_out K produces): m* - m for the reachable m* nearest norm(m) + r."""
+    out_path, norm_path = spec.module_path(layer, "mlp_out"), f"{spec.layer_path(layer)}.{spec.mlp_out_norm}"
+    values = bare_prompt_outputs(model, tokenizer, requests, [out_path, norm_path])
+    m, normed = values[out_path], values[norm_path]
+    gain = rms_gain(model.get_submodule(norm_path), m.shape[0], m)
+    return (prenorm_target(m, normed + r.to(m.device), gain) - m.double()).to(r.dtype)
 
 
 class LocateEditor(Editor):
@@ -120,6 +135,8 @@ class LocateEditor(Editor):
                 keys = compute_keys(model, tokenizer, spec, [layer], requests, self._templates)[layer]
                 current = compute_site_values(model, tokenizer, spec, layers[-1], requests)
                 r = (zres.z.to(current.device) - current) / (len(layers) - i)
+                if spec.mlp_out_norm is not None:
+                    r = prenorm_residual(model, tokenizer, spec, layer, requests, r)
                 update = self.layer_update(layer, r.to(keys.device), keys)
                 if not torch.isfinite(update).all():
                     raise FloatingPointError(f"{self.name}: non-finite update at layer {layer}")

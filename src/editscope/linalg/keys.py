@@ -97,6 +97,20 @@ def compute_keys(
 
 
 @torch.no_grad()
+def bare_prompt_outputs(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], paths: Sequence[str]
+) -> dict[str, Tensor]:
+    """Each module's output at each bare prompt's subject token, ``{path: [d, n]}`` (float32)."""
+    device = input_device(model)
+    prompts, ends = contextual_prompts(requests, ("{}",))
+    batch = positioned_batch(tokenizer, prompts, ends, [None] * len(prompts), device)
+    outputs = capture_outputs(
+        model, list(paths), paths[-1],
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False,
+    )
+    return {path: gather_rows(output_hidden(outputs[path]), batch.position).float().T.contiguous() for path in paths}
+
+
 def compute_site_values(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -105,12 +119,5 @@ def compute_site_values(
     requests: Sequence[EditRequest],
 ) -> Tensor:
     """The residual stream after block ``layer`` at each bare prompt's subject token, ``[d_model, n]``."""
-    device = input_device(model)
-    prompts, ends = contextual_prompts(requests, ("{}",))
-    batch = positioned_batch(tokenizer, prompts, ends, [None] * len(prompts), device)
     path = spec.layer_path(layer)
-    outputs = capture_outputs(
-        model, [path], path,
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False,
-    )
-    return gather_rows(output_hidden(outputs[path]), batch.position).float().T.contiguous()
+    return bare_prompt_outputs(model, tokenizer, requests, [path])[path]

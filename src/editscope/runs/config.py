@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from editscope.config import ConfigError, from_dict, load_yaml, to_dict
+from editscope.config import ConfigError, deep_merge, from_dict, load_yaml, to_dict
 
 # Fields that say where a run is written or computed, not what it computes: left out of the digest.
 PLACEMENT_FIELDS = ("out", "device_map")
@@ -89,7 +89,7 @@ class RunConfig:
 def load_run_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """The config file's values (if any) with ``overrides`` (e.g. command-line flags) on top."""
     data = load_yaml(path) if path is not None else {}
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    data = deep_merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
     config = from_dict(RunConfig, data, where=str(path) if path else "run")
     validate(config)
     return config
