@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 from tests.conftest import shared_data
 
 from editscope.config import ConfigError
 from editscope.runs.study import StudyConfig, study_runs
-from editscope.runs.summary import summarize_records
+from editscope.runs.summary import format_value, summarize_records
 
 
 def _record(edits: int, edited: float, unedited_change: float, resid: float, acc: float, ppl: float) -> dict:
@@ -71,3 +72,12 @@ def test_study_runs_share_edits_and_validate_everything():
         study_runs(StudyConfig(downstream_dir="/no/such/folder"))
     with pytest.raises(Exception, match="did you mean 'encore'"):
         study_runs(StudyConfig(editors=("memit", "encor")))
+
+
+def test_unchanged_downstream_accuracy_prints_as_zero_not_float_noise():
+    """Per-task changes that cancel (-2, -1, +3 points) leave ~1e-15 in a plain float mean; the summary prints 0."""
+    first = {"edits": 0, "metrics": {"downstream/a/acc": 0.74, "downstream/b/acc": 0.44, "downstream/c/acc": 0.68}}
+    last = {"edits": 10, "metrics": {"downstream/a/acc": 0.72, "downstream/b/acc": 0.43, "downstream/c/acc": 0.71}}
+    assert statistics.fmean([100 * (0.72 - 0.74), 100 * (0.43 - 0.44), 100 * (0.71 - 0.68)]) != 0.0  # the noise guarded against
+    row = summarize_records([first, last])
+    assert row["downstream_acc_change_pts"] == 0.0 and format_value(row["downstream_acc_change_pts"]) == "0"

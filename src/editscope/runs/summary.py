@@ -69,7 +69,8 @@ def summarize_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     row["efficacy"] = last.get("edit/efficacy", math.nan)
     row["edit_score"] = last.get("edit/score", math.nan)
     changes = [100.0 * (last[k] - v) for k, v in first.items() if _DOWN.match(k) and k in last]
-    row["downstream_acc_change_pts"] = statistics.fmean(changes) if changes else math.nan
+    # accuracies are fractions of a few hundred examples: rounding drops float noise such as -9e-16
+    row["downstream_acc_change_pts"] = round(statistics.fmean(changes), 9) + 0.0 if changes else math.nan
     ppl = [k for k in first if k.startswith("ppl/") and k in last]
     row["ppl_change_pct"] = statistics.fmean(_pct(last[k], first[k]) for k in ppl) if ppl else math.nan
     return row
