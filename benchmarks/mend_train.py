@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/mend_train.py [--model smollm2-135m] [--data demo] [--eval-data NAME] [--steps N] [--out DIR]
-                                  [--set KEY=VALUE ...] [--resume] [--eval-only] [--eval-limit N]
+                                  [--set KEY=VALUE ...] [--resume] [--eval-only] [--eval-limit N] [--edit-scale F]
                                   [--text-corpus SRC] [--text-windows N] [--device cpu|cuda] [--json]
 
 Training runs through the library's trainer (resumable: rerun with --resume after an interruption);
@@ -82,7 +82,7 @@ def train(args: argparse.Namespace, model, tokenizer) -> tuple[dict, list]:
 
 def evaluate(args: argparse.Namespace, model, tokenizer, held_out: list) -> dict:
     requests = held_out[: args.eval_limit] if args.eval_limit else held_out
-    editor = build_editor("mend", {"checkpoint": str(args.out)})
+    editor = build_editor("mend", {"checkpoint": str(args.out), "edit_scale": args.edit_scale})
     editor.prepare(model, tokenizer)
     unedited = {k: [] for k in KEYS}
     edited = {k: [] for k in KEYS}
@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     parser.add_argument("--eval-only", action="store_true", help="no training: evaluate the checkpoint in --out")
+    parser.add_argument("--edit-scale", type=float, default=1.0, help="the mend editor's edit_scale for the evaluation")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N held-out requests")
     parser.add_argument("--text-corpus", default="bundled:c4", help="corpus of the text_kl score (default: bundled:c4)")
     parser.add_argument("--text-windows", type=int, default=8, help="windows of 32 tokens for the text_kl score")

@@ -167,6 +167,18 @@ def test_batched_edit_is_the_sum_of_single_edits(mend_checkpoint):
         assert torch.allclose(both.deltas[name], single.deltas[name], atol=1e-5 * float(both.deltas[name].abs().max()))
 
 
+def test_edit_scale_multiplies_the_update_and_must_be_positive(mend_checkpoint):
+    model, tok, _ = tiny_model("llama")
+    folder = str(mend_checkpoint("llama"))
+    full = build_editor("mend", {"checkpoint": folder}).compute_delta(model, tok, REQUESTS)
+    half = build_editor("mend", {"checkpoint": folder, "edit_scale": 0.5}).compute_delta(model, tok, REQUESTS)
+    for name in full.names:
+        assert full.deltas[name].abs().max() > 0
+        assert torch.allclose(half.deltas[name], 0.5 * full.deltas[name], atol=1e-6 * float(full.deltas[name].abs().max()))
+    with pytest.raises(ConfigError, match="edit_scale"):
+        build_editor("mend", {"checkpoint": folder, "edit_scale": 0.0})
+
+
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_trained_network_edits_every_tiny_architecture(arch, mend_checkpoint):
     model, tok, _ = tiny_model(arch)

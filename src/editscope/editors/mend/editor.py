@@ -46,12 +46,17 @@ class MENDConfig(EditorConfig):
             ``None`` looks in the default place for the model (``$EDITSCOPE_HOME/mend/<fingerprint>``).
         layers: empty: the blocks the hypernetwork was trained for; otherwise they must be exactly
             those (negative indices count from the end), a check against using the wrong checkpoint.
+        edit_scale: factor on every ΔW at edit time (1: as trained). Below 1 it trades efficacy for
+            locality without retraining, as a smaller learned step size α would.
     """
 
     layers: tuple[int, ...] = ()
     checkpoint: str | None = None
+    edit_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.edit_scale > 0:
+            raise ConfigError(f"MENDConfig.edit_scale: must be > 0, got {self.edit_scale}")
         if self.checkpoint is None:
             return
         if not self.checkpoint.strip():
@@ -132,7 +137,7 @@ class MENDEditor(Editor):
             for index, site in enumerate(sites):
                 u = tokens_of(factors.u[site.name], batch.attention_mask)
                 delta = tokens_of(factors.delta[site.name], batch.attention_mask)
-                update = network.weight_delta(index, u, delta)  # (out, in), float32
+                update = self.config.edit_scale * network.weight_delta(index, u, delta)  # (out, in), float32
                 param = model.get_parameter(site.name)
                 deltas[site.name] = spec.to_stored(update).to(dtype=param.dtype, device=param.device).contiguous()
         return WeightDelta(deltas)
