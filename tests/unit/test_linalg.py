@@ -180,7 +180,7 @@ def _residual_miss(arch_model, editor_name: str, map_through_norm: bool, monkeyp
 
     model, tok, spec = arch_model
     if not map_through_norm:
-        monkeypatch.setattr(locate, "prenorm_residual", lambda model, tok, spec, layer, requests, r: r)
+        monkeypatch.setattr(locate, "prenorm_residual", lambda current, normed, share, gain: share)
     # clamp 0.1: a residual change the block's normed output (||norm(m)|| = 8 against ||h|| = 22) can reach
     z_config = {**TINY["z"], "clamp_norm_factor": 0.1}
     editor = build_editor(editor_name, {**TINY, "context_prefixes": 0, "layers": [2], "mom2_update_weight": 1e-6, "z": z_config})

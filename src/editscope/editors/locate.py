@@ -26,8 +26,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.data.corpora import load_corpus
 from editscope.editors.base import Editor, EditorConfig
-from editscope.linalg.keys import bare_prompt_outputs, compute_keys, compute_site_values, context_templates
-from editscope.linalg.postnorm import prenorm_target, rms_gain
+from editscope.linalg.keys import bare_prompt_outputs, compute_keys, context_templates
+from editscope.linalg.postnorm import prenorm_residual, rms_gain
 from editscope.linalg.stats import second_moments
 from editscope.linalg.values import ZConfig, compute_z
 from editscope.models.fingerprint import model_fingerprint
@@ -61,19 +61,6 @@ class LocateConfig(EditorConfig):
     stats_samples: int = 1000
     stats_seq_len: int = 256
     stats_autocast: str | None = None
-
-
-def prenorm_residual(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: ModelSpec, layer: int,
-    requests: Sequence[EditRequest], r: Tensor,
-) -> Tensor:
-    """Layer ``layer``'s residual share ``r`` [d, n], wanted after ``spec.mlp_out_norm``, as a change of the
-    MLP output before that norm (what W_out K produces): m* - m for the reachable m* nearest norm(m) + r."""
-    out_path, norm_path = spec.module_path(layer, "mlp_out"), f"{spec.layer_path(layer)}.{spec.mlp_out_norm}"
-    values = bare_prompt_outputs(model, tokenizer, requests, [out_path, norm_path])
-    m, normed = values[out_path], values[norm_path]
-    gain = rms_gain(model.get_submodule(norm_path), m.shape[0], m)
-    return (prenorm_target(m, normed + r.to(m.device), gain) - m.double()).to(r.dtype)
 
 
 class LocateEditor(Editor):
@@ -133,10 +120,17 @@ class LocateEditor(Editor):
         with preserved(model, [spec.weight_name(layer) for layer in layers]):
             for i, layer in enumerate(layers):
                 keys = compute_keys(model, tokenizer, spec, [layer], requests, self._templates)[layer]
-                current = compute_site_values(model, tokenizer, spec, layers[-1], requests)
+                # one pass for the residual at the last layer and, where the block norms its MLP output,
+                # that output at this layer before and after the norm
+                resid_path = spec.layer_path(layers[-1])
+                around_norm = [spec.module_path(layer, part) for part in ("mlp_out", "mlp_out_norm")] if spec.mlp_out_norm else []
+                values = bare_prompt_outputs(model, tokenizer, requests, [*around_norm, resid_path])
+                current = values[resid_path]
                 r = (zres.z.to(current.device) - current) / (len(layers) - i)
-                if spec.mlp_out_norm is not None:
-                    r = prenorm_residual(model, tokenizer, spec, layer, requests, r)
+                if around_norm:
+                    out_path, norm_path = around_norm
+                    gain = rms_gain(model.get_submodule(norm_path), current.shape[0], current)
+                    r = prenorm_residual(values[out_path], values[norm_path], r, gain)
                 update = self.layer_update(layer, r.to(keys.device), keys)
                 if not torch.isfinite(update).all():
                     raise FloatingPointError(f"{self.name}: non-finite update at layer {layer}")

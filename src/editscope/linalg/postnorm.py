@@ -64,9 +64,8 @@ def nearest_unit_rms(target: Tensor, gain: Tensor, like: Tensor | None = None, i
     g2 = torch.where(live, g * g, torch.zeros_like(g))
     g2t2 = g2 * t * t
     d, n = t.shape
-    floor = float(g2[live].min())
     has_dead = bool((~live).any())
-    lo = torch.full((n,), 0.0 if has_dead else -floor, dtype=torch.float64, device=t.device)
+    lo = torch.full((n,), 0.0 if has_dead else -float(g2.min()), dtype=torch.float64, device=t.device)
     hi = (g2t2.sum(dim=0) / d).sqrt().clamp_min(1e-12) + lo.abs()  # mean(g2t2)/(g2+mu)^2 <= 1 there
     hard = torch.zeros(n, dtype=torch.bool, device=t.device)
     if has_dead:
@@ -95,3 +94,10 @@ def prenorm_target(current: Tensor, wanted: Tensor, gain: Tensor) -> Tensor:
     along = (m * s).sum(dim=0) / s.pow(2).sum(dim=0)
     keep_length = m.pow(2).mean(dim=0).sqrt()  # rms(s) = 1, so this gives ||m*|| = ||m||
     return torch.where(along > 0, along, keep_length)[None, :] * s
+
+
+def prenorm_residual(current: Tensor, normed: Tensor, share: Tensor, gain: Tensor) -> Tensor:
+    """A layer's residual ``share`` [d, n], wanted after the norm, as a change of the MLP output before it
+    (what W_out K produces): m* - m for the reachable m* nearest ``normed + share``, with ``current`` = m
+    and ``normed`` = norm(m)."""
+    return (prenorm_target(current, normed + share.to(current.device), gain) - current.double()).to(share.dtype)
