@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -15,7 +16,15 @@ from editscope.editors import build_editor
 from editscope.editors.ft import request_batch, target_nll
 from editscope.editors.mend import MENDCheckpointError, MENDNetwork, MENDTrainConfig, MENDTrainer, load_checkpoint, split_requests
 from editscope.editors.mend.factors import edit_sites, gradient_factors, low_rank_edits, pack_groups, tokens_of
-from editscope.editors.mend.locality import kl_per_position, text_locality_kl, text_pass, text_windows
+from editscope.editors.mend.locality import (
+    departure_points,
+    divergence_per_position,
+    kl_per_position,
+    target_lift,
+    text_locality_kl,
+    text_pass,
+    text_windows,
+)
 from editscope.editors.mend.network import NORM_EPS, WeightSlot, mend_update, merge_moments, rank_one_gradient
 from editscope.editors.mend.training import per_row_nll
 from editscope.evaluation import score_targets
@@ -343,6 +352,78 @@ def test_kl_per_position_is_the_reference_kl_and_zero_on_equal_logits():
     assert text_locality_kl(base, edited) == pytest.approx(float(reference.mean()), abs=1e-6)
 
 
+def test_reverse_and_symmetric_divergences():
+    gen = torch.Generator().manual_seed(3)
+    base, edited = torch.randn(3, 4, 9, generator=gen), torch.randn(3, 4, 9, generator=gen)
+    forward, reverse = kl_per_position(base, edited), kl_per_position(edited, base)
+    assert not torch.allclose(forward, reverse)  # KL is not symmetric on these logits
+    assert torch.equal(divergence_per_position(base, edited), forward)
+    assert torch.equal(divergence_per_position(base, edited, "reverse"), reverse)
+    assert torch.allclose(divergence_per_position(base, edited, "symmetric"), (forward + reverse) / 2)
+    assert torch.allclose(divergence_per_position(base, edited, "symmetric"), divergence_per_position(edited, base, "symmetric"))
+    assert text_locality_kl(base, edited, "reverse") == pytest.approx(float(reverse.mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="unknown locality divergence 'l2'"):
+        divergence_per_position(base, edited, "l2")
+
+
+def test_reverse_kl_charges_a_lifted_unlikely_token_more_than_forward_kl():
+    base = torch.log(torch.tensor([[0.6, 0.3, 0.099, 0.001]]))
+    edited = torch.log(torch.tensor([[0.45, 0.25, 0.1, 0.2]]))  # the unlikely last token lifted 200-fold
+    assert float(divergence_per_position(base, edited, "reverse")) > 3 * float(divergence_per_position(base, edited, "forward"))
+
+
+def test_target_lift_is_the_clamped_rise_of_the_new_object_where_it_parts_from_the_answer():
+    from editscope.evaluation.scoring import encode_pair, target_batch
+
+    _, tok, _ = tiny_model("llama")  # a byte-level tokenizer: every answer starts with the same space token
+    prompts = ["The capital of France is", "The capital of Spain is", "The capital of Italy is"]
+    targets = ["Rome", "Madrid", "Rome city"]
+    batch = target_batch(tok, prompts, targets, torch.device("cpu"))
+    edit_rows, loc_rows = torch.tensor([0, 0]), torch.tensor([1, 2])
+    rows, columns, tokens = departure_points(batch, loc_rows, edit_rows)
+    rome, madrid = encode_pair(tok, prompts[0], "Rome")[1], encode_pair(tok, prompts[1], "Madrid")[1]
+    assert rome[0] == madrid[0] and rome[1] != madrid[1]
+    # row 1 parts from " Rome" at its second token; " Rome" is a prefix of row 2's " Rome city": no point
+    assert rows.tolist() == [1] and tokens.tolist() == [rome[1]] and columns.tolist() == [batch.keep - len(madrid) + 1]
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(3, batch.keep, len(tok), generator=gen)
+    column, new = int(columns[0]), rome[1]
+    edited = base.clone()
+    edited[1, column, new] += 2.0  # lift o*'s token where it parts from " Madrid"
+    edited[1, column + 1 :, new] += 5.0  # other positions do not count
+    edited[2, :, new] += 5.0  # nor does the row without a departure point
+    logp = lambda logits: torch.log_softmax(logits[1, column], -1)[new]  # noqa: E731
+    expected = float(logp(edited) - logp(base))
+    assert 0 < expected < 2.0
+    assert float(target_lift(base, edited, batch, loc_rows, edit_rows)) == pytest.approx(expected, rel=1e-5)
+    assert float(target_lift(base, base, batch, loc_rows, edit_rows)) == 0.0
+    lowered = base.clone()
+    lowered[1, column, new] -= 3.0
+    assert float(target_lift(base, lowered, batch, loc_rows, edit_rows)) == 0.0  # a fall is not rewarded
+    assert float(target_lift(base, edited, batch, torch.tensor([2]), torch.tensor([0]))) == 0.0
+
+
+def test_target_lift_weight_enters_the_training_loss():
+    model, tok, _ = tiny_model("llama")
+    requests = load_requests("demo")[:40]
+    config = MENDTrainConfig(layers=(-1,), rank=8, steps=1, batch_size=3, target_lift_weight=2.0, loc_divergence="reverse", autocast=None)
+    train, held = split_requests(requests, config.held_out, config.seed)
+    trainer = MENDTrainer(model, tok, train, held, config, model_name="tiny", data_name="demo")
+    rows = trainer.rows_for(0)
+    assert rows.loc_source.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # each neighbor row points at its own edit row
+    torch.manual_seed(0)
+    with torch.no_grad():  # a network that edits from the first step, so the edit lifts o* somewhere
+        for layer in trainer.network.nets.values():
+            for block in layer.layers:
+                block.up.normal_(0, 0.5)
+        trainer.network.log_step_sizes.fill_(math.log(5.0))
+    metrics = trainer.train_step()
+    share = config.loc_text_share
+    locality = config.loc_weight * ((1 - share) * metrics["loc_kl"] + share * metrics["text_kl"])
+    assert metrics["target_lift"] > 0 and metrics["loc_kl"] > 0
+    assert metrics["loss"] > locality + 2.0 * metrics["target_lift"]  # plus the (positive) edit NLL term
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_text_kl_is_zero_without_an_edit_and_trains_the_edit_factors(arch):
     model, spec, sites, ids, packed = _text_pass_inputs(arch)
@@ -427,6 +508,9 @@ def test_resume_refuses_other_locality_text(tmp_path):
         ({"loc_corpus": " "}, "loc_corpus"),
         ({"loc_weight": -1.0}, "loc_weight"),
         ({"loc_neighbor_rows": 0}, "loc_neighbor_rows"),
+        ({"loc_divergence": "jensen"}, "loc_divergence"),
+        ({"target_lift_weight": -0.5}, "target_lift_weight"),
+        ({"target_lift_weight": 1.0, "loc_text_share": 1.0}, "target_lift_weight"),  # no neighbor rows to lift
     ],
 )
 def test_bad_locality_settings_are_errors_naming_the_field(settings, field):

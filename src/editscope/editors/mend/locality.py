@@ -55,6 +55,11 @@ def text_windows(tokenizer: PreTrainedTokenizerBase, corpus: TextCorpus, tokens:
     return torch.tensor(windows, dtype=torch.long)
 
 
+DIVERGENCES = ("forward", "reverse", "symmetric")
+"""Locality divergences: ``forward`` = ``KL(p_θ ‖ p_θ̃)`` (MEND Eq. 4b), ``reverse`` = ``KL(p_θ̃ ‖ p_θ)``,
+``symmetric`` = their mean (half Jeffreys' divergence)."""
+
+
 def kl_per_position(base_logits: Tensor, edited_logits: Tensor) -> Tensor:
     """``KL(p_θ ‖ p_θ̃)`` (MEND Eq. 4b) at each position: ``[..., vocab]`` logits of the unedited (θ) and
     edited (θ̃) model -> ``Float[Tensor, "..."]`` (nats, float32)."""
@@ -63,17 +68,69 @@ def kl_per_position(base_logits: Tensor, edited_logits: Tensor) -> Tensor:
     return (base.exp() * (base - edited)).sum(-1)
 
 
-def locality_kl(base_logits: Tensor, edited_logits: Tensor, batch: TargetBatch, rows: Tensor) -> Tensor:
-    """Eq. 4b on neighbor prompts: the KL averaged over the answer positions of ``rows`` (a scalar; 0 without rows)."""
-    kl = kl_per_position(base_logits[rows], edited_logits[rows])  # [rows, keep]
+def divergence_per_position(base_logits: Tensor, edited_logits: Tensor, kind: str = "forward") -> Tensor:
+    """The locality divergence ``kind`` (see :data:`DIVERGENCES`) at each position, in nats.
+
+    The forward KL weighs each token by the unedited model's probability, so an edit that lifts a token
+    the unedited model found unlikely (the edit's new object on a neighbor prompt) costs little until the
+    lift is large; the reverse KL weighs by the edited model's probability and charges that lift directly.
+    """
+    if kind == "forward":
+        return kl_per_position(base_logits, edited_logits)
+    if kind == "reverse":
+        return kl_per_position(edited_logits, base_logits)
+    if kind == "symmetric":
+        return 0.5 * (kl_per_position(base_logits, edited_logits) + kl_per_position(edited_logits, base_logits))
+    raise ValueError(f"unknown locality divergence {kind!r}; expected one of {', '.join(DIVERGENCES)}")
+
+
+def locality_kl(base_logits: Tensor, edited_logits: Tensor, batch: TargetBatch, rows: Tensor, kind: str = "forward") -> Tensor:
+    """Eq. 4b on neighbor prompts: the divergence averaged over the answer positions of ``rows`` (a scalar; 0 without rows)."""
+    kl = divergence_per_position(base_logits[rows], edited_logits[rows], kind)  # [rows, keep]
     mask = batch.target_mask[rows]
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def text_locality_kl(base_logits: Tensor, edited_logits: Tensor) -> Tensor:
-    """Eq. 4b on unrelated text: the KL averaged over every position of every window
+def text_locality_kl(base_logits: Tensor, edited_logits: Tensor, kind: str = "forward") -> Tensor:
+    """Eq. 4b on unrelated text: the divergence averaged over every position of every window
     (``Float[Tensor, "windows tokens vocab"]`` logits, no padding) -> a scalar."""
-    return kl_per_position(base_logits, edited_logits).mean()
+    return divergence_per_position(base_logits, edited_logits, kind).mean()
+
+
+def departure_points(batch: TargetBatch, loc_rows: Tensor, edit_rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Where each neighbor row's own answer and its edit's new object ``o*`` part: ``(rows, columns, tokens)``.
+
+    For locality row ``loc_rows[i]`` and its edit row ``edit_rows[i]`` (right-aligned targets), the column of
+    the neighbor's answer whose next token is the first token of ``o*`` that differs from the answer's,
+    and that token. With teacher forcing on the answer, the prefix there is also ``o*``'s prefix, so the
+    logits at that column give ``o*``'s own next-token probability. Rows where one is a prefix of the
+    other have no such point and are left out.
+    """
+    rows, columns, tokens = [], [], []
+    for loc, edit in zip(loc_rows.tolist(), edit_rows.tolist()):
+        answer = batch.target_ids[loc][batch.target_mask[loc].bool()].tolist()
+        new = batch.target_ids[edit][batch.target_mask[edit].bool()].tolist()
+        shared = next((j for j, (a, b) in enumerate(zip(answer, new)) if a != b), None)
+        if shared is not None:
+            rows.append(loc)
+            columns.append(batch.keep - len(answer) + shared)
+            tokens.append(new[shared])
+    device = batch.target_ids.device
+    return tuple(torch.tensor(v, dtype=torch.long, device=device) for v in (rows, columns, tokens))  # type: ignore[return-value]
+
+
+def target_lift(base_logits: Tensor, edited_logits: Tensor, batch: TargetBatch, loc_rows: Tensor, edit_rows: Tensor) -> Tensor:
+    """Mean over neighbor rows of ``max(0, log p_θ̃(o*_j | n, a_<j) − log p_θ(o*_j | n, a_<j))``: how much the
+    edit lifts its new object ``o*`` on its neighbor prompt ``n`` at the point where ``o*`` parts from the
+    neighbor's answer ``a`` (see :func:`departure_points`; ``edit_rows[i]`` is the edit row of
+    ``loc_rows[i]``). CounterFact's neighborhood score fails exactly when that lift carries ``o*`` above
+    the neighbor's own answer. 0 when no row has a departure point."""
+    rows, columns, tokens = departure_points(batch, loc_rows, edit_rows)
+    if rows.numel() == 0:
+        return base_logits.new_zeros((), dtype=torch.float32)
+    base = torch.log_softmax(base_logits[rows, columns].float(), dim=-1).gather(1, tokens[:, None]).squeeze(1)
+    edited = torch.log_softmax(edited_logits[rows, columns].float(), dim=-1).gather(1, tokens[:, None]).squeeze(1)
+    return (edited - base).clamp(min=0).mean()
 
 
 def text_pass(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from editscope.config import ConfigError, from_dict
+from editscope.editors.mend.locality import DIVERGENCES
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,13 @@ class MENDTrainConfig:
             to 0.78 s, 8 rows to 1.21 s (one thread, defaults otherwise, before ``loc_neighbor_rows`` 3).
         loc_text_tokens: tokens per text window (count); documents are cut into consecutive windows of
             this length. 64 instead of 32 (8 rows) took a step from 1.21 to 1.72 s.
+        loc_divergence: the divergence of both locality terms, ``forward`` (``KL(p_θ ‖ p_θ̃)``, MEND Eq. 4b),
+            ``reverse`` (``KL(p_θ̃ ‖ p_θ)``) or ``symmetric`` (their mean); see
+            :func:`~editscope.editors.mend.locality.divergence_per_position`.
+        target_lift_weight: ``c_t``, weight of a third loss term (not in MEND): the mean lift of the edit's
+            new object's first token on its neighbor prompts, ``max(0, log p_θ̃(o*|n) − log p_θ(o*|n))``
+            (:func:`~editscope.editors.mend.locality.target_lift`), so ``L = c_e L_e + c_loc L_loc + c_t L_t``.
+            0 (MEND's loss) leaves it out. Needs neighbor rows (``loc_text_share`` < 1).
         held_out: fraction of the data set aside for evaluation, never trained on (deterministic in ``seed``).
         seed: seed of the network's initialization, the held-out split and the batch order.
         checkpoint_every: save a checkpoint every this many steps (and at the end).
@@ -113,6 +121,8 @@ class MENDTrainConfig:
     loc_corpus: str = "default"
     loc_text_rows: int = 4
     loc_text_tokens: int = 32
+    loc_divergence: str = "forward"
+    target_lift_weight: float = 0.0
     held_out: float = 0.2
     seed: int = 0
     checkpoint_every: int = 100
@@ -130,7 +140,7 @@ class MENDTrainConfig:
         for name in ("lr", "step_size_lr", "grad_clip", "step_size_init"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{where}.{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "edit_weight", "loc_weight"):
+        for name in ("weight_decay", "edit_weight", "loc_weight", "target_lift_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0 < self.lr_final <= 1:
@@ -145,6 +155,10 @@ class MENDTrainConfig:
             raise ConfigError(f"{where}.loc_text_tokens: must be >= 2, got {self.loc_text_tokens}")
         if not self.loc_corpus.strip():
             raise ConfigError(f"{where}.loc_corpus: empty (use 'default' for the bundled Wikipedia sample)")
+        if self.loc_divergence not in DIVERGENCES:
+            raise ConfigError(f"{where}.loc_divergence: {self.loc_divergence!r} is not one of {', '.join(DIVERGENCES)}")
+        if self.target_lift_weight > 0 and self.loc_text_share == 1:
+            raise ConfigError(f"{where}.target_lift_weight: needs neighbor rows, but loc_text_share is 1 (text only)")
         if self.loc_text_share > 0 and self.loc_text_rows == 0:
             raise ConfigError(f"{where}.loc_text_rows: 0 text windows, but loc_text_share is {self.loc_text_share}; "
                               f"set loc_text_rows >= 1, or loc_text_share=0 for neighbor prompts only")
@@ -160,8 +174,9 @@ class MENDTrainConfig:
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every"})
 """Config fields a resumed training may change (a new ``steps`` stretches the learning-rate schedule)."""
 
-BEFORE_TEXT_ROWS = {"loc_text_share": 0.0, "loc_neighbor_rows": 1, "loc_corpus": "default", "loc_text_rows": 0, "loc_text_tokens": 32}
-"""What a checkpoint saved before the text-window locality rows existed was trained with (neighbor prompts only)."""
+BEFORE_TEXT_ROWS = {"loc_text_share": 0.0, "loc_neighbor_rows": 1, "loc_corpus": "default", "loc_text_rows": 0, "loc_text_tokens": 32,
+                    "loc_divergence": "forward", "target_lift_weight": 0.0}
+"""What a checkpoint saved before these fields existed was trained with (forward KL on neighbor prompts only)."""
 
 
 def saved_config(meta: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ together), makes the edit MEND would make and scores the edited model:
    and one paraphrase, Eq. 4a) and the locality loss ``L_loc = KL(p_θ ‖ p_θ̃)`` (Eq. 4b), a mix of
    the KL on a neighborhood prompt at its answer's positions and the KL on windows of unrelated
    text at all their positions (see ``locality``);
-4. ``L = c_e L_e + c_loc L_loc`` (Eq. 4c) is minimized over the hypernetwork and the step sizes
+4. ``L = c_e L_e + c_loc L_loc`` (Eq. 4c; plus ``c_t L_t`` if ``target_lift_weight`` > 0) is minimized over the hypernetwork and the step sizes
    with AdamW; the model stays frozen.
 
 Both passes run on one batch of rows (edit, paraphrase, neighbor prompt); the text windows, which
@@ -40,7 +40,7 @@ from editscope.config import ConfigError, to_dict
 from editscope.data.corpora import load_corpus
 from editscope.editors.mend.checkpoint import MENDCheckpoint, save_checkpoint
 from editscope.editors.mend.factors import edit_sites, gradient_factors, low_rank_edits, pack_groups, tokens_of
-from editscope.editors.mend.locality import locality_kl, locality_pool, text_locality_kl, text_pass, text_windows
+from editscope.editors.mend.locality import locality_kl, locality_pool, target_lift, text_locality_kl, text_pass, text_windows
 from editscope.editors.mend.network import MENDNetwork
 from editscope.editors.mend.train_config import RESUMABLE_CHANGES, MENDTrainConfig, saved_config
 from editscope.evaluation.scoring import TargetBatch, target_batch
@@ -69,7 +69,8 @@ def split_requests(requests: Sequence[EditRequest], held_out: float, seed: int) 
 
 @dataclass(frozen=True)
 class StepRows:
-    """One step's rows: the batch, which rows are edit/paraphrase/locality rows, and each row's edit group."""
+    """One step's rows: the batch, which rows are edit/paraphrase/locality rows, each row's edit group,
+    and for each locality row the edit row of the request whose neighbor it is."""
 
     batch: TargetBatch
     edit_rows: Tensor
@@ -77,6 +78,7 @@ class StepRows:
     loc_rows: Tensor
     owner: Tensor
     groups: int
+    loc_source: Tensor
 
 
 def per_row_nll(logits: Tensor, batch: TargetBatch, rows: Tensor) -> Tensor:
@@ -170,7 +172,7 @@ class MENDTrainer:
                 prompts.append(rng.choice(r.paraphrase_prompts))
                 targets.append(r.target_new)
                 para_owner.append(owners[i])
-        loc_owner = []
+        loc_owner, loc_source = [], []
         for i, r in enumerate(requests if self.loc_pool else ()):
             choices = [(n.prompt, n.answer) for n in r.neighborhood if (n.prompt, n.answer) in self._loc_set]
             if not choices:
@@ -180,6 +182,7 @@ class MENDTrainer:
                 prompts.append(prompt)
                 targets.append(answer)
                 loc_owner.append(owners[i])
+                loc_source.append(i)
         batch = target_batch(self.tokenizer, prompts, targets, self.device)
         n_edit, n_para = len(requests), len(para_owner)
         arange = torch.arange(len(prompts), device=self.device)
@@ -190,6 +193,7 @@ class MENDTrainer:
             arange[n_edit + n_para :],
             torch.tensor(owners + para_owner + loc_owner, device=self.device),
             owners[-1] + 1,
+            torch.tensor(loc_source, dtype=torch.long, device=self.device),
         )
 
     def text_rows_for(self, step: int) -> Tensor:
@@ -235,14 +239,15 @@ class MENDTrainer:
             stack.close()  # the text windows replay their own lower blocks
             edit_rows = torch.cat([rows.edit_rows, rows.paraphrase_rows])
             edit_nll = per_row_nll(edited_logits, batch, edit_rows)
-            loc = locality_kl(base_logits, edited_logits, batch, rows.loc_rows)
+            loc = locality_kl(base_logits, edited_logits, batch, rows.loc_rows, cfg.loc_divergence)
+            lift = target_lift(base_logits, edited_logits, batch, rows.loc_rows, rows.edit_rows[rows.loc_source])
             text = torch.zeros((), device=self.device)
             if self.windows is not None:
                 ids = self.text_rows_for(self.step)
                 owner = torch.arange(ids.shape[0], device=self.device) % rows.groups
-                text = text_locality_kl(*text_pass(self.model, self.spec, self.sites, packed, owner, ids, cfg.autocast))
+                text = text_locality_kl(*text_pass(self.model, self.spec, self.sites, packed, owner, ids, cfg.autocast), cfg.loc_divergence)
             share = cfg.loc_text_share
-            loss = cfg.edit_weight * edit_nll.mean() + cfg.loc_weight * ((1 - share) * loc + share * text)
+            loss = cfg.edit_weight * edit_nll.mean() + cfg.loc_weight * ((1 - share) * loc + share * text) + cfg.target_lift_weight * lift
             for group, base in zip(self.optimizer.param_groups, (cfg.lr, cfg.step_size_lr)):
                 group["lr"] = base * lr_factor(self.step, cfg.steps, cfg.lr_final)
             self.optimizer.zero_grad(set_to_none=True)
@@ -261,6 +266,7 @@ class MENDTrainer:
             "paraphrase_nll": float(edit_nll[n_edit:].detach().mean()) if edit_nll.shape[0] > n_edit else float("nan"),
             "loc_kl": float(loc.detach()),
             "text_kl": float(text.detach()),
+            "target_lift": float(lift.detach()),
             "edit_acc": float(hits.all(dim=1).float().mean()),
             "grad_norm": float(grad_norm),
             "step_size": float(self.network.step_sizes.detach().mean()),
