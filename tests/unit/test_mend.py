@@ -454,7 +454,7 @@ def test_text_only_locality_trains_the_network_without_neighbor_rows(tmp_path):
     assert trainer.rows_for(0).loc_rows.numel() == 0 and trainer.text_rows_for(0).shape == (4, 16)
     assert torch.equal(trainer.text_rows_for(5), trainer.text_rows_for(5)) and not torch.equal(trainer.text_rows_for(5), trainer.text_rows_for(6))
     metrics = trainer.train_step()
-    assert metrics["loc_kl"] == 0.0 and metrics["text_kl"] > 0 and metrics["loss"] == pytest.approx(config.loc_weight * metrics["text_kl"])
+    assert metrics["loc_kl"] == 0.0 and metrics["target_lift"] == 0.0 and metrics["text_kl"] > 0 and metrics["loss"] == pytest.approx(config.loc_weight * metrics["text_kl"])
     grads = [p.grad for n, p in trainer.network.named_parameters() if n != "log_step_sizes"]
     assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)  # the text KL alone reaches the network
     trainer.save(tmp_path / "ckpt")
@@ -510,7 +510,6 @@ def test_resume_refuses_other_locality_text(tmp_path):
         ({"loc_neighbor_rows": 0}, "loc_neighbor_rows"),
         ({"loc_divergence": "jensen"}, "loc_divergence"),
         ({"target_lift_weight": -0.5}, "target_lift_weight"),
-        ({"target_lift_weight": 1.0, "loc_text_share": 1.0}, "target_lift_weight"),  # no neighbor rows to lift
     ],
 )
 def test_bad_locality_settings_are_errors_naming_the_field(settings, field):
@@ -526,6 +525,9 @@ def test_checkpoints_from_before_the_text_rows_read_as_neighbor_prompts_only():
     old = {k: v for k, v in to_dict(MENDTrainConfig()).items() if not k.startswith("loc_text") and k != "loc_corpus"}
     config = MENDTrainConfig.from_mapping(saved_config({"config": old}))
     assert config.loc_text_share == 0.0 and config.loc_text_rows == 0 and config.rank == MENDTrainConfig().rank
+    newer = {k: v for k, v in to_dict(MENDTrainConfig(target_lift_weight=0.3)).items() if k not in ("loc_divergence", "target_lift_weight")}
+    config = MENDTrainConfig.from_mapping(saved_config({"config": newer}))  # saved before the divergence and the lift term
+    assert config.loc_divergence == "forward" and config.target_lift_weight == 0.0 and config.loc_text_share == MENDTrainConfig().loc_text_share
 
 
 # -- data split --------------------------------------------------------------------------------
