@@ -410,7 +410,7 @@ def test_target_lift_weight_enters_the_training_loss():
     train, held = split_requests(requests, config.held_out, config.seed)
     trainer = MENDTrainer(model, tok, train, held, config, model_name="tiny", data_name="demo")
     rows = trainer.rows_for(0)
-    assert rows.loc_source.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # each neighbor row points at its own edit row
+    assert rows.loc_edit_rows.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # each neighbor row points at its own edit row
     torch.manual_seed(0)
     with torch.no_grad():  # a network that edits from the first step, so the edit lifts o* somewhere
         for layer in trainer.network.nets.values():

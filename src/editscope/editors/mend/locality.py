@@ -63,9 +63,12 @@ DIVERGENCES = ("forward", "reverse", "symmetric")
 def kl_per_position(base_logits: Tensor, edited_logits: Tensor) -> Tensor:
     """``KL(p_θ ‖ p_θ̃)`` (MEND Eq. 4b) at each position: ``[..., vocab]`` logits of the unedited (θ) and
     edited (θ̃) model -> ``Float[Tensor, "..."]`` (nats, float32)."""
-    base = torch.log_softmax(base_logits.float(), dim=-1)
-    edited = torch.log_softmax(edited_logits.float(), dim=-1)
-    return (base.exp() * (base - edited)).sum(-1)
+    return _kl(torch.log_softmax(base_logits.float(), dim=-1), torch.log_softmax(edited_logits.float(), dim=-1))
+
+
+def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``KL(p ‖ q)`` over the last axis from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def divergence_per_position(base_logits: Tensor, edited_logits: Tensor, kind: str = "forward") -> Tensor:
@@ -75,13 +78,15 @@ def divergence_per_position(base_logits: Tensor, edited_logits: Tensor, kind: st
     the unedited model found unlikely (the edit's new object on a neighbor prompt) costs little until the
     lift is large; the reverse KL weighs by the edited model's probability and charges that lift directly.
     """
+    if kind not in DIVERGENCES:
+        raise ValueError(f"unknown locality divergence {kind!r}; expected one of {', '.join(DIVERGENCES)}")
+    base = torch.log_softmax(base_logits.float(), dim=-1)
+    edited = torch.log_softmax(edited_logits.float(), dim=-1)
     if kind == "forward":
-        return kl_per_position(base_logits, edited_logits)
+        return _kl(base, edited)
     if kind == "reverse":
-        return kl_per_position(edited_logits, base_logits)
-    if kind == "symmetric":
-        return 0.5 * (kl_per_position(base_logits, edited_logits) + kl_per_position(edited_logits, base_logits))
-    raise ValueError(f"unknown locality divergence {kind!r}; expected one of {', '.join(DIVERGENCES)}")
+        return _kl(edited, base)
+    return 0.5 * (_kl(base, edited) + _kl(edited, base))
 
 
 def locality_kl(base_logits: Tensor, edited_logits: Tensor, batch: TargetBatch, rows: Tensor, kind: str = "forward") -> Tensor:
@@ -106,10 +111,10 @@ def departure_points(batch: TargetBatch, loc_rows: Tensor, edit_rows: Tensor) ->
     logits at that column give ``o*``'s own next-token probability. Rows where one is a prefix of the
     other have no such point and are left out.
     """
+    ids, lengths = batch.target_ids.tolist(), batch.target_mask.sum(1).long().tolist()
     rows, columns, tokens = [], [], []
     for loc, edit in zip(loc_rows.tolist(), edit_rows.tolist()):
-        answer = batch.target_ids[loc][batch.target_mask[loc].bool()].tolist()
-        new = batch.target_ids[edit][batch.target_mask[edit].bool()].tolist()
+        answer, new = ids[loc][batch.keep - lengths[loc] :], ids[edit][batch.keep - lengths[edit] :]
         shared = next((j for j, (a, b) in enumerate(zip(answer, new)) if a != b), None)
         if shared is not None:
             rows.append(loc)

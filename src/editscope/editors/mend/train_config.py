@@ -25,8 +25,9 @@ class MENDTrainConfig:
         steps: training steps (count). 1400: 1594 s (26.6 min) for SmolLM2-135M at 0.88 steps/s with
             the other defaults (one thread, bf16 autocast, this project's 2-core CPU shared with another
             job), so within 30 min; 1656 s with ``target_lift_weight`` 0.2 the same way, and 0.887 s per
-            step (about 21 min for 1400) with two threads on the idle machine. The text and extra neighbor rows make a step about twice as long as
-            with one neighbor prompt only (0.57 s), which fit 2500 steps in the same time.
+            step (about 21 min for 1400) with two threads on the idle machine. The text and extra
+            neighbor rows make a step about twice as long as with one neighbor prompt only (0.57 s),
+            which fit 2500 steps in the same time.
         batch_size: requests per step (count); each is edited on its own unless ``group_size`` > 1.
         group_size: requests edited together (their updates summed, as MEND's batched edits). MEND: 1.
         lr: AdamW learning rate of the network. MEND: 1e-6 on 2.7B-12B models with 100k+ steps
@@ -52,9 +53,9 @@ class MENDTrainConfig:
             (``loc_text_share`` 0.5, 4 text rows, 1 neighbor row; 50 held-out edits, neighborhood 0.788
             unedited): ``c_loc`` 2 gave efficacy
             0.90 / neighborhood drop 0.246, 4 gave 0.84 / 0.196; 10 at share 0.2 gave 0.60 / 0.092.
-            The other defaults with ``target_lift_weight`` 0 (1400 steps) gave on all 110 held-out edits efficacy 0.927, paraphrase 0.979,
-            neighborhood 0.632 (0.806 unedited: a drop of 0.175) and a held-out-text KL of 0.0046
-            nats/token; neighbor prompts only at ``c_loc`` 1 and 2500 steps (the earlier defaults, same
+            The other defaults with ``target_lift_weight`` 0 (1400 steps) gave on all 110 held-out
+            edits efficacy 0.927, paraphrase 0.979, neighborhood 0.632 (0.806 unedited: a drop of 0.175)
+            and a held-out-text KL of 0.0046 nats/token; neighbor prompts only at ``c_loc`` 1 and 2500 steps (the earlier defaults, same
             time) gave 0.955, 0.994 and 0.649 (drop 0.157): the longer run did better on neighbors.
             On the first 50 held-out edits (the 500-step runs' probe) those gave 0.88 / drop
             0.122 / text KL 0.0049, the earlier defaults 0.92 / 0.118 / 0.0168: the same neighborhood,
@@ -94,9 +95,9 @@ class MENDTrainConfig:
             new object on its neighbor prompts where it parts from the neighbor's own answer,
             ``max(0, log p_θ̃(o*_j|n, a_<j) − log p_θ(o*_j|n, a_<j))``
             (:func:`~editscope.editors.mend.locality.target_lift`), so ``L = c_e L_e + c_loc L_loc + c_t L_t``.
-            0 is MEND's loss; with ``loc_text_share`` 1 there are no neighbor rows and the term is 0. Why: the KL of Eq. 4b weighs
-            each token by the unedited model's probability, so lifting ``o*`` -- unlikely on a neighbor
-            prompt -- costs it little even when ``o*`` overtakes the neighbor's answer, which is what the
+            0 is MEND's loss; with ``loc_text_share`` 1 there are no neighbor rows and the term is 0.
+            Why: the KL of Eq. 4b weighs each token by the unedited model's probability, so lifting
+            ``o*`` -- unlikely on a neighbor prompt -- costs it little even when ``o*`` overtakes the neighbor's answer, which is what the
             neighborhood score counts; the hypernetwork learned relation-wide edits (``o*`` lifted by about 2
             nats on the neighbors while the edit NLL fell from 6.9 to 1.7). 500-step runs (first 50 held-out
             edits; ``c_t`` 0 gave efficacy 0.80, paraphrase 0.98, drop 0.156, text KL 0.0060): ``c_t`` 0.05 gave
@@ -185,8 +186,8 @@ class MENDTrainConfig:
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every"})
 """Config fields a resumed training may change (a new ``steps`` stretches the learning-rate schedule)."""
 
-PREDATING_FIELDS = {"loc_text_share": 0.0, "loc_neighbor_rows": 1, "loc_corpus": "default", "loc_text_rows": 0, "loc_text_tokens": 32,
-                    "loc_divergence": "forward", "target_lift_weight": 0.0}
+PREDATING_FIELDS = {"loc_text_share": 0.0, "loc_neighbor_rows": 1, "loc_corpus": "default", "loc_text_rows": 0,
+                    "loc_text_tokens": 32, "loc_divergence": "forward", "target_lift_weight": 0.0}
 """What a checkpoint saved before these fields existed was trained with (forward KL on neighbor prompts only)."""
 
 

@@ -10,7 +10,8 @@ together), makes the edit MEND would make and scores the edited model:
    and one paraphrase, Eq. 4a) and the locality loss ``L_loc = KL(p_θ ‖ p_θ̃)`` (Eq. 4b), a mix of
    the KL on a neighborhood prompt at its answer's positions and the KL on windows of unrelated
    text at all their positions (see ``locality``);
-4. ``L = c_e L_e + c_loc L_loc`` (Eq. 4c; plus ``c_t L_t`` if ``target_lift_weight`` > 0) is minimized over the hypernetwork and the step sizes
+4. ``L = c_e L_e + c_loc L_loc`` (Eq. 4c), plus ``c_t L_t`` (the target-lift term, see
+   ``MENDTrainConfig.target_lift_weight``), is minimized over the hypernetwork and the step sizes
    with AdamW; the model stays frozen.
 
 Both passes run on one batch of rows (edit, paraphrase, neighbor prompt); the text windows, which
@@ -70,7 +71,7 @@ def split_requests(requests: Sequence[EditRequest], held_out: float, seed: int) 
 @dataclass(frozen=True)
 class StepRows:
     """One step's rows: the batch, which rows are edit/paraphrase/locality rows, each row's edit group,
-    and for each locality row the edit row of the request whose neighbor it is."""
+    and for each locality row the edit row of the request whose neighbor it is (``loc_edit_rows``)."""
 
     batch: TargetBatch
     edit_rows: Tensor
@@ -78,7 +79,7 @@ class StepRows:
     loc_rows: Tensor
     owner: Tensor
     groups: int
-    loc_source: Tensor
+    loc_edit_rows: Tensor
 
 
 def per_row_nll(logits: Tensor, batch: TargetBatch, rows: Tensor) -> Tensor:
@@ -172,7 +173,7 @@ class MENDTrainer:
                 prompts.append(rng.choice(r.paraphrase_prompts))
                 targets.append(r.target_new)
                 para_owner.append(owners[i])
-        loc_owner, loc_source = [], []
+        loc_owner, loc_edit_rows = [], []
         for i, r in enumerate(requests if self.loc_pool else ()):
             choices = [(n.prompt, n.answer) for n in r.neighborhood if (n.prompt, n.answer) in self._loc_set]
             if not choices:
@@ -182,7 +183,7 @@ class MENDTrainer:
                 prompts.append(prompt)
                 targets.append(answer)
                 loc_owner.append(owners[i])
-                loc_source.append(i)
+                loc_edit_rows.append(i)  # edit rows come first, in request order
         batch = target_batch(self.tokenizer, prompts, targets, self.device)
         n_edit, n_para = len(requests), len(para_owner)
         arange = torch.arange(len(prompts), device=self.device)
@@ -193,7 +194,7 @@ class MENDTrainer:
             arange[n_edit + n_para :],
             torch.tensor(owners + para_owner + loc_owner, device=self.device),
             owners[-1] + 1,
-            torch.tensor(loc_source, dtype=torch.long, device=self.device),
+            torch.tensor(loc_edit_rows, dtype=torch.long, device=self.device),
         )
 
     def text_rows_for(self, step: int) -> Tensor:
@@ -240,7 +241,7 @@ class MENDTrainer:
             edit_rows = torch.cat([rows.edit_rows, rows.paraphrase_rows])
             edit_nll = per_row_nll(edited_logits, batch, edit_rows)
             loc = locality_kl(base_logits, edited_logits, batch, rows.loc_rows, cfg.loc_divergence)
-            lift = target_lift(base_logits, edited_logits, batch, rows.loc_rows, rows.edit_rows[rows.loc_source])
+            lift = target_lift(base_logits, edited_logits, batch, rows.loc_rows, rows.loc_edit_rows)
             text = torch.zeros((), device=self.device)
             if self.windows is not None:
                 ids = self.text_rows_for(self.step)
