@@ -60,6 +60,30 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- env -------------------------------------------------------------------------------------
+def cmd_env(args: argparse.Namespace) -> int:
+    import torch
+
+    from editscope.precision import OVERRIDE_ENV, precision_record
+
+    devices = ["cpu"] + ([f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])
+    records = [{"device_name": d, **precision_record(d)} for d in devices]
+    if args.json:
+        emit_json({"editscope": __version__, "devices": records})
+        return 0
+    rows = [[r["device_name"], r["name"], r["cpu_capability"] if r["device"] == "cpu" else "-", "yes" if r["native_bf16"] else "no",
+             r["decided_by"], r["auto"]] for r in records]
+    print(format_table(rows, ["device", "model", "cpu capability", "native bf16", "decided by", "auto ->"]))
+    first = records[0]
+    print(f"\ntorch {first['torch']}, {first['torch_threads']} threads; AVX-512 BF16: {'yes' if first['avx512_bf16'] else 'no'}, "
+          f"AMX: {'yes' if first['amx'] else 'no'}")
+    probe = first.get("probe")
+    if probe:
+        print(f"probe ({'x'.join(map(str, probe['shape']))} matrix product): bf16 {probe['bf16_s'] * 1e3:.1f} ms, fp32 {probe['fp32_s'] * 1e3:.1f} ms")
+    print(f"{OVERRIDE_ENV}={first['override'] or '(unset)'}: every precision setting left at 'auto' runs in the 'auto ->' column's precision")
+    return 0
+
+
 # -- editors ---------------------------------------------------------------------------------
 def cmd_editors(args: argparse.Namespace) -> int:
     from importlib import resources
@@ -235,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="supported architectures and bundled model names")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
+
+    env = sub.add_parser("env", help="this machine: CPU capability, native bf16, what precision 'auto' resolves to")
+    env.add_argument("--json", action="store_true")
+    env.set_defaults(func=cmd_env)
 
     editors = sub.add_parser("editors", help="registered editors, their hyperparameters and tuned defaults")
     editors.add_argument("--json", action="store_true")

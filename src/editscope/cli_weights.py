@@ -126,7 +126,7 @@ def add_weight_commands(sub: Any) -> None:
     pt.add_argument("--eval-source", default=None, help="held-out perplexity text (default: bundled Wikipedia sample)")
     pt.add_argument("--seed", type=int, default=None)
     pt.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
-    pt.add_argument("--autocast", choices=("bf16",), default=None, help="bfloat16 autocast for forward passes")
+    pt.add_argument("--autocast", default=None, help="precision of the forward passes: auto (default: bf16 where the hardware runs it natively), bf16, fp32")
     pt.add_argument("--lora-rank", type=int, default=None)
     pt.add_argument("--lora-alpha", type=float, default=None)
     pt.add_argument("--lora-dropout", type=float, default=None)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import pytest
 import torch
 
-from editscope.linalg.keys import compute_site_values
+from editscope.linalg.keys import compute_site_values, contextual_prompts
 from editscope.linalg.values import ZConfig, compute_z
+from editscope.linalg.positions import PositionedRows
+from editscope.linalg.zpass import CachedPrefix, FullRows, pack_suffixes, prefix_trie
 from editscope.models import tiny_model
 from editscope.types import EditRequest
 
@@ -53,3 +56,109 @@ def test_requests_stop_at_different_steps_and_h_is_the_unedited_site_value(one_t
     frozen = compute_z(model, tok, spec, 2, REQUESTS, TEMPLATES, replace(config, steps=min(result.steps) + 1))
     first = result.steps.index(min(result.steps))  # stopped first: its z no longer moves
     torch.testing.assert_close(result.z[:, first], frozen.z[:, first])
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖_F / ‖b‖_F."""
+    return float((a - b).norm() / b.norm())
+
+
+PREFIX_TEMPLATES = ["{}", "Some words. {}", "A longer context of several words here. {}"]
+SITES = [("llama", "residual", 2), ("llama", "mlp_out", 1), ("gpt2", "residual", 1), ("gpt2", "mlp_out", 0),
+         ("gemma3", "residual", 2), ("gemma3", "mlp_out", 1)]
+
+
+def one_step(pass_class, model, tok, spec, layer, site, requests, templates):
+    """Site values, target NLLs, KL-row logits and the gradient on a fixed delta, from one pass of ``pass_class``."""
+    n, t = len(requests), len(templates)
+    prompts, ends = contextual_prompts(requests, templates)
+    subjects = [r.subject for r in requests]
+    path = spec.layer_path(layer) if site == "residual" else spec.module_path(layer, "mlp_out")
+    with torch.no_grad():
+        rows_pass = pass_class(model, spec, path, layer if site == "residual" else layer - 1, tok, prompts + subjects,
+                               ends + [len(x) for x in subjects], [r.target_new for r in requests for _ in templates] + [None] * n)
+    delta = torch.randn(n, spec.mlp_out_weight(model, layer).shape[0], generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    owner = torch.cat([torch.arange(n).repeat_interleave(t), torch.arange(n)])
+    with contextlib.ExitStack() as stack:
+        rows_pass.activate(stack, torch.arange(n * t + n), delta, owner)
+        out = rows_pass.logits(n * t)
+        token_lp = torch.log_softmax(out.target, -1).gather(1, out.target_ids[:, None]).squeeze(1)
+        nll = torch.zeros(n * t).index_add(0, out.target_row, -token_lp)
+        (nll.sum() + torch.log_softmax(out.kl, -1)[:, :7].sum()).backward()
+    return rows_pass.site_values, nll.detach(), out.kl.detach(), delta.grad
+
+
+@pytest.mark.parametrize("arch,site,layer", SITES)
+def test_prefix_cache_pass_equals_whole_rows(arch, site, layer, one_thread):
+    """One step on the suffixes over a cached prefix: the site values, losses, KL logits and the gradient
+    on delta of the whole-row pass, to float32 rounding."""
+    model, tok, spec = tiny_model(arch)
+    cached = one_step(CachedPrefix, model, tok, spec, layer, site, REQUESTS, PREFIX_TEMPLATES)
+    whole = one_step(FullRows, model, tok, spec, layer, site, REQUESTS, PREFIX_TEMPLATES)
+    for name, a, b in zip(("site values", "nll", "kl logits", "gradient"), cached, whole):
+        assert relative_difference(a, b) < 1e-6, name
+
+
+@pytest.mark.parametrize("arch,site,layer", SITES)
+@pytest.mark.parametrize("mpes", [False, True])
+def test_prefix_cache_z_equals_whole_rows(arch, site, layer, mpes, one_thread):
+    """z* with the prefix cache equals whole-row z* in float32: same stopping steps, same NLLs to 1e-5
+    relative, z to 1e-4 relative. (z differs more than one pass does because Adam's first steps move
+    each coordinate by about ``lr * sign(gradient)``: coordinates whose gradient is near 0 follow the
+    rounding. The same optimization in whole rows with another summation order moves them too.)"""
+    model, tok, spec = tiny_model(arch)
+    stop = staggered_stop(model, tok, spec, layer, site)
+    config = ZConfig(steps=10, lr=0.5, loss_stop=stop, mpes=mpes, mpes_extra_steps=1, autocast=None, weight_decay=1e-3, kl_factor=0.5)
+    cached = compute_z(model, tok, spec, layer, REQUESTS, PREFIX_TEMPLATES, config, site=site)
+    whole = compute_z(model, tok, spec, layer, REQUESTS, PREFIX_TEMPLATES, replace(config, prefix_cache=False), site=site)
+    assert cached.steps == whole.steps
+    assert relative_difference(cached.h, whole.h) < 1e-6
+    assert relative_difference(cached.z, whole.z) < 1e-4
+    assert cached.final_nll == pytest.approx(whole.final_nll, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_prefix_cache_pass_with_eager_attention(arch, one_thread):
+    """The packed masks come from transformers' mask factory, so they take each attention
+    implementation's form: here eager's additive float mask instead of SDPA's boolean one."""
+    model, tok, spec = tiny_model(arch)
+    model.set_attn_implementation("eager")
+    cached = one_step(CachedPrefix, model, tok, spec, 2, "residual", REQUESTS, PREFIX_TEMPLATES)
+    whole = one_step(FullRows, model, tok, spec, 2, "residual", REQUESTS, PREFIX_TEMPLATES)
+    for name, a, b in zip(("site values", "nll", "kl logits", "gradient"), cached, whole):
+        assert relative_difference(a, b) < 1e-6, name
+
+
+def test_prefix_trie_shares_prefixes_and_packs_suffixes():
+    """Rows sharing their first tokens share trie nodes; each packed suffix token sees exactly its own
+    row's prefix nodes and its row's earlier suffix tokens."""
+    rows = PositionedRows(tokens=[[1, 2, 3, 9, 8], [1, 5, 4, 9], [5, 6]], where=[2, 2, 0], targets=[[8, 7], [9, 6], []],
+                          prompt_lengths=[4, 3, 2])
+    trie = prefix_trie([t[:w] for t, w in zip(rows.tokens, rows.where)])
+    assert trie.tokens.tolist() == [1, 2, 5] and trie.depth.tolist() == [0, 1, 1]  # token 1 shared; row 2 has no prefix
+    assert trie.last == (1, 2, -1)
+    packed = pack_suffixes(rows, trie, [0, 1, 2], torch.device("cpu"))
+    assert packed.ids.tolist() == [[3, 9, 8, 4, 9, 5, 6]] and packed.positions.tolist() == [[2, 3, 4, 2, 3, 0, 1]]
+    assert packed.starts.tolist() == [0, 3, 5] and packed.last_index.tolist() == [2, 4, 6]
+    # row 0's prompt is 4 tokens: its target token 0 is predicted at prompt position 3 = its suffix index 1
+    assert packed.target_index.tolist() == [1, 2, 3, 4] and packed.target_row.tolist() == [0, 0, 1, 1]
+    sees = packed.sees.int().tolist()
+    assert sees[1] == [1, 1, 0, 1, 1, 0, 0, 0, 0, 0]  # row 0's 2nd suffix token: nodes 0, 1 and its suffix tokens 0-1
+    assert sees[3] == [1, 0, 1, 0, 0, 0, 1, 0, 0, 0]  # row 1's first suffix token: nodes 0, 2 and itself
+    assert sees[6] == [0, 0, 0, 0, 0, 0, 0, 0, 1, 1]  # row 2: no prefix nodes
+    partial = pack_suffixes(rows, trie, [1], torch.device("cpu"))  # a request that stays in the batch alone
+    assert partial.ids.tolist() == [[4, 9]] and partial.target_row.tolist() == [0, 0] and partial.target_index.tolist() == [0, 1]
+
+
+def test_prefix_cache_handles_rows_without_a_prefix(one_thread):
+    """GPT-2 adds no BOS token: a one-token subject at the start of a bare prompt leaves its row no prefix
+    (all of a batch's rows, with the bare template only; some of them, with a prefixed one)."""
+    model, tok, spec = tiny_model("gpt2")
+    request = EditRequest(id="d", prompt="{} is the capital of", subject="A", target_new="Italy", target_true="France")
+    assert len(tok(request.subject)["input_ids"]) == 1
+    for requests, templates in (([request], ["{}"]), ([request, REQUESTS[0]], TEMPLATES)):
+        cached = one_step(CachedPrefix, model, tok, spec, 1, "residual", requests, templates)
+        whole = one_step(FullRows, model, tok, spec, 1, "residual", requests, templates)
+        for name, a, b in zip(("site values", "nll", "kl logits", "gradient"), cached, whole):
+            assert torch.isfinite(a).all(), name
+            assert relative_difference(a, b) < 1e-6, name

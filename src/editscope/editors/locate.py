@@ -49,8 +49,9 @@ class LocateConfig(EditorConfig):
         stats_corpus: text for C0 = E[k k^T] (``default``: the bundled Wikipedia sample; see data.corpora).
         stats_samples: documents used for C0 (MEMIT: 100,000 Wikipedia texts).
         stats_seq_len: tokens per sample for C0 (documents are cut into windows of this length).
-        stats_autocast: reduced precision for the statistics' forward pass (``"bfloat16"``), or ``None``
-            for the model's own; the products and sums stay float32/float64.
+        stats_autocast: precision of the statistics' forward pass (``"auto"``: bf16 where the device
+            runs it natively; a dtype name; ``None``: the model's own); the products and sums stay
+            float32/float64. The statistics cache is keyed by what it resolved to.
     """
 
     z: ZConfig = field(default_factory=ZConfig)
@@ -60,7 +61,7 @@ class LocateConfig(EditorConfig):
     stats_corpus: str = "default"
     stats_samples: int = 1000
     stats_seq_len: int = 256
-    stats_autocast: str | None = None
+    stats_autocast: str | None = "auto"
 
 
 class LocateEditor(Editor):

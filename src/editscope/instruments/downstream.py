@@ -30,7 +30,7 @@ from editscope.evaluation.tasks import DEFAULT_TASKS, PUBLISHED_AT, TASKS, TaskD
 from editscope.instruments.base import Instrument, register_instrument
 from editscope.models.fingerprint import model_fingerprint
 from editscope.models.placement import input_device
-from editscope.precision import autocast
+from editscope.precision import autocast, normalize, resolve
 from editscope.registry import did_you_mean
 from editscope.storage import atomic_write_json, cache_home
 
@@ -59,9 +59,10 @@ class DownstreamConfig:
             stays short; 1.0: any example, as in the papers' random draw).
         batch_size: most examples per forward pass on top of the cached demonstrations.
         batch_tokens: most padded example tokens per forward pass (long examples go in smaller batches).
-        autocast: dtype name for autocast of the forward passes (``"bfloat16"``: about twice as
-            fast on CPUs with bf16 units; a prediction can flip where two answers' logits are
-            within bf16 rounding); ``None``: the model's own precision.
+        autocast: precision of the forward passes (see :mod:`editscope.precision`): ``"auto"``
+            (bf16 where the device runs it natively: about twice as fast there; a prediction can
+            flip where two answers' logits are within bf16 rounding), a dtype name, or ``None``
+            for the model's own precision.
         cache_reference: keep the unedited model's predictions in the cache folder, keyed by the
             model's fingerprint, the exact tokens evaluated and the settings that shape the
             computation, so runs of other editors on the same model skip that pass.
@@ -75,7 +76,7 @@ class DownstreamConfig:
     demo_pool: float = 0.5
     batch_size: int = 16
     batch_tokens: int = 2048
-    autocast: str | None = None
+    autocast: str | None = "auto"
     cache_reference: bool = True
 
 
@@ -87,7 +88,7 @@ def reference_key(fingerprint: str, encoded: dict[str, EncodedTask], config: Dow
             name: [list(e.prefix_ids), [list(q) for q in e.query_ids], list(e.answer_ids), e.pad_id]
             for name, e in sorted(encoded.items())
         },
-        "autocast": config.autocast, "batch_size": config.batch_size, "batch_tokens": config.batch_tokens,
+        "autocast": resolve(config.autocast, device, "downstream.autocast"), "batch_size": config.batch_size, "batch_tokens": config.batch_tokens,
         "device": device.type, "torch": torch.__version__,
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
@@ -140,8 +141,10 @@ class DownstreamAbility(Instrument):
                 )
         if config.n_shots < 0 or config.n_examples < 1 or config.batch_size < 1 or config.batch_tokens < 1:
             raise ConfigError("downstream: n_shots must be >= 0, n_examples, batch_size and batch_tokens >= 1")
-        if config.autocast is not None and not isinstance(getattr(torch, config.autocast, None), torch.dtype):
-            raise ConfigError(f"downstream.autocast: unknown dtype {config.autocast!r} (use e.g. 'bfloat16' or null)")
+        try:
+            normalize(config.autocast, "downstream.autocast")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if not 0.0 < config.demo_pool <= 1.0:
             raise ConfigError(f"downstream.demo_pool: must be in (0, 1], got {config.demo_pool}")
         if config.n_examples < RESOLVABLE_EXAMPLES:
@@ -175,8 +178,8 @@ class DownstreamAbility(Instrument):
 
     def predictions(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
         """Predicted class of every evaluated example, per task."""
-        c = self.config
-        with autocast(input_device(model), c.autocast):
+        c, device = self.config, input_device(model)
+        with autocast(device, resolve(c.autocast, device, "downstream.autocast")):
             return {name: classify(model, encoded, c.batch_size, c.batch_tokens) for name, encoded in self.encoded(tokenizer).items()}
 
     def baseline(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
@@ -250,6 +253,8 @@ class PerplexityConfig:
         skip_texts: documents left out at the start of that reading order (at the end of the default
             corpus sit the activation probe's texts).
         batch_size: windows per forward pass.
+        autocast: precision of the forward passes (``"auto"``, a dtype name or ``None``; see
+            :mod:`editscope.precision`).
         name: the ``<corpus>`` of the ``ppl/<corpus>`` key; ``None`` derives it from ``source``.
     """
 
@@ -260,6 +265,7 @@ class PerplexityConfig:
     from_end: bool = True
     skip_texts: int = 16
     batch_size: int = 4
+    autocast: str | None = "auto"
     name: str | None = None
 
 
@@ -275,6 +281,10 @@ class Perplexity(Instrument):
             raise ConfigError("perplexity: n_windows and batch_size must be >= 1, seq_len >= 2, skip_texts >= 0")
         if config.stride is not None and not 0 < config.stride <= config.seq_len:
             raise ConfigError(f"perplexity.stride: must be in 1..seq_len ({config.seq_len}), got {config.stride}")
+        try:
+            normalize(config.autocast, "perplexity.autocast")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         self.key = f"ppl/{config.name or source_name(config.source)}"
         self._windows: torch.Tensor | None = None
         self._scored: torch.Tensor | None = None
@@ -292,7 +302,9 @@ class Perplexity(Instrument):
 
     def measure(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
         windows, scored = self.windows(tokenizer)
-        return {self.key: perplexity(mean_nll(model, windows, scored, self.config.batch_size))}
+        device = input_device(model)
+        with autocast(device, resolve(self.config.autocast, device, "perplexity.autocast")):
+            return {self.key: perplexity(mean_nll(model, windows, scored, self.config.batch_size))}
 
     def state_dict(self) -> dict[str, Any]:
         if self._windows is None or self._scored is None:

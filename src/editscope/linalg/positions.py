@@ -50,6 +50,40 @@ class PositionedBatch:
         }
 
 
+@dataclass(frozen=True)
+class PositionedRows:
+    """Token rows before padding: ``tokens[r]`` is the prompt (+ its target minus the last token),
+    ``where[r]`` the index of the subject's last token in it, ``targets[r]`` the target's ids (empty
+    for rows without one), and ``prompt_lengths[r]`` the prompt's length in tokens."""
+
+    tokens: list[list[int]]
+    where: list[int]
+    targets: list[list[int]]
+    prompt_lengths: list[int]
+
+
+def positioned_rows(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], subject_ends: Sequence[int], targets: Sequence[str | None]
+) -> PositionedRows:
+    """Rows ``prompts[r]`` (+ ``targets[r]`` minus its last token), positioned at the subject's last token.
+
+    ``subject_ends[r]`` is the character offset just past the subject in ``prompts[r]``.
+    """
+    rows = PositionedRows([], [], [], [])
+    for prompt, end, target in zip(prompts, subject_ends, targets):
+        prompt_ids, index = last_token_of_span(tokenizer, prompt, end)
+        target_ids: list[int] = []
+        if target is not None:
+            joint_prompt, target_ids = encode_pair(tokenizer, prompt, target)
+            if joint_prompt != prompt_ids:
+                raise RequestError("prompt", f"tokenization of {prompt!r} differs with and without offsets")
+        rows.tokens.append(prompt_ids + target_ids[:-1])
+        rows.where.append(index)
+        rows.targets.append(target_ids)
+        rows.prompt_lengths.append(len(prompt_ids))
+    return rows
+
+
 def positioned_batch(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -57,25 +91,9 @@ def positioned_batch(
     targets: Sequence[str | None],
     device: torch.device,
 ) -> PositionedBatch:
-    """Rows ``prompts[r]`` (+ ``targets[r]`` minus its last token), positioned at the subject's last token.
-
-    ``subject_ends[r]`` is the character offset just past the subject in ``prompts[r]``.
-    """
-    rows: list[list[int]] = []
-    where: list[int] = []
-    row_targets: list[list[int]] = []
-    for prompt, end, target in zip(prompts, subject_ends, targets):
-        prompt_ids, index = last_token_of_span(tokenizer, prompt, end)
-        if target is None:
-            rows.append(prompt_ids)
-            row_targets.append([])
-        else:
-            joint_prompt, target_ids = encode_pair(tokenizer, prompt, target)
-            if joint_prompt != prompt_ids:
-                raise RequestError("prompt", f"tokenization of {prompt!r} differs with and without offsets")
-            rows.append(prompt_ids + target_ids[:-1])
-            row_targets.append(target_ids)
-        where.append(index)
+    """:func:`positioned_rows` left-padded into one batch, ``position`` at each subject's last token."""
+    positioned = positioned_rows(tokenizer, prompts, subject_ends, targets)
+    rows, where, row_targets = positioned.tokens, positioned.where, positioned.targets
     ids, mask, positions = left_padded_batch(rows, pad_id(tokenizer), device)
     width = ids.shape[1]
     position = torch.tensor([width - len(row) + index for row, index in zip(rows, where)], device=device)

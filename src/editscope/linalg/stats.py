@@ -27,6 +27,7 @@ from editscope.models.hooks import capture_inputs
 from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
 from editscope.precision import autocast as autocast_context
+from editscope.precision import resolve
 from editscope.storage import atomic_write_bytes, cache_home
 
 logger = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def collect_second_moments(
     """One pass over ``chunks`` (token id lists) accumulating E[k k^T] at every layer in ``layers``.
 
     With ``stop_early`` the forward pass ends after the deepest layer's projection has read its input.
-    ``autocast`` (e.g. ``"bfloat16"``) runs the forward pass in reduced precision; the products are
+    ``autocast`` (``"auto"``, ``"bfloat16"``, ...; see :mod:`editscope.precision`) runs the forward pass in reduced precision; the products are
     still float32 and the sums float64. ``batches`` (indices into ``chunks``) defaults to
     :func:`stat_batches`. Each layer's sum lives on that layer's device.
     """
@@ -259,6 +260,7 @@ def second_moments(
     process; ``editscope.sweep.stats`` passes one that splits the chunks into shards).
     """
     fingerprint = fingerprint or model_fingerprint(model)
+    autocast = resolve(autocast, input_device(model), "stats_autocast")  # the cache is keyed by what ran
     key = {"corpus": corpus, "n_samples": n_samples, "seq_len": seq_len, "autocast": autocast}
     moments = read_cached_moments(fingerprint, spec, layers, **key) if use_cache else {}
     missing = [layer for layer in layers if layer not in moments]

@@ -11,8 +11,9 @@ descendants, the MLP output for ROME):
 with ||delta_i|| clamped to ``clamp_norm_factor * ||h_i||``; then z_i = h_i + delta_i, with h_i the
 site's value for the bare prompt. All requests of a batch are optimized together: one forward and
 backward per step, each request with its own delta at its own positions (the losses are separable,
-so this equals optimizing them one by one). Blocks below the site do not depend on delta: they run
-once and are replayed from a cache. MPES (most-probable early stopping, ENCORE, Gupta et al. 2025):
+so this equals optimizing them one by one). Blocks below the site, and every position before the
+subject's last token, do not depend on delta: they run once and each step runs only the rest of
+the rows on top of them (:mod:`editscope.linalg.zpass`). MPES (most-probable early stopping, ENCORE, Gupta et al. 2025):
 a request stops once target_new is the argmax at every target position of every prefixed prompt,
 after ``mpes_extra_steps`` more steps.
 """
@@ -21,20 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.linalg.keys import contextual_prompts
-from editscope.linalg.positions import PositionedBatch, positioned_batch
-from editscope.models.hooks import capture_outputs, gather_rows, hooks, output_hidden, replace_hidden
+from editscope.linalg.zpass import z_pass
 from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
-from editscope.precision import autocast, differentiable_attention
+from editscope.precision import autocast, differentiable_attention, resolve
 from editscope.types import EditRequest
 
 logger = logging.getLogger(__name__)
@@ -53,9 +53,14 @@ class ZConfig:
         loss_stop: stop a request once its mean target NLL is below this, in nats (MEMIT: 5e-2).
         mpes: most-probable early stopping (ENCORE) instead of the loss threshold.
         mpes_extra_steps: steps taken after the MPES condition holds (ENCORE: a few).
-        autocast: dtype name for autocast of the forward/backward passes (``"bfloat16"``: about 3x
-            faster on CPUs with bf16 units, target NLLs within a few hundredths of a nat of float32;
-            ``None``: the model's own precision). delta, the loss and the solves stay float32/64.
+        autocast: precision of the forward/backward passes (:mod:`editscope.precision`): ``"auto"``
+            (bf16 where the device runs it natively: about 3x faster on CPUs with AVX-512 BF16, target
+            NLLs within a few hundredths of a nat of float32; float32 elsewhere, where bf16 ran 20-40x
+            slower), a dtype name, or ``None`` for the model's own precision. delta, the loss and the
+            solves stay float32/64.
+        prefix_cache: run each step on the rows' suffixes over a cache of their prefixes
+            (:class:`~editscope.linalg.zpass.CachedPrefix`); ``False`` runs whole rows
+            (:class:`~editscope.linalg.zpass.FullRows`). The two agree to float rounding.
     """
 
     steps: int = 25
@@ -66,7 +71,8 @@ class ZConfig:
     loss_stop: float = 5e-2
     mpes: bool = False
     mpes_extra_steps: int = 2
-    autocast: str | None = "bfloat16"
+    autocast: str | None = "auto"
+    prefix_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,60 +89,10 @@ def _site_path(spec: ModelSpec, layer: int, site: Literal["residual", "mlp_out"]
     return spec.layer_path(layer) if site == "residual" else spec.module_path(layer, "mlp_out")
 
 
-class _StandIn(nn.Module):
-    """Stands in for a lower block: block 0 returns the cached output, the others pass it on.
-
-    Attributes the model's layer loop reads from a block (e.g. Gemma's ``attention_type``) are
-    looked up on the original block.
-    """
-
-    def __init__(self, original: nn.Module, output: Any, replay: bool) -> None:
-        super().__init__()
-        self.__dict__["_original"] = original
-        self.__dict__["_output"] = output
-        self.replay = replay
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.__dict__["_original"], name)
-
-    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
-        output = self.__dict__["_output"]
-        return output if self.replay else replace_hidden(output, hidden_states)
-
-
-@contextlib.contextmanager
-def replay_lower_blocks(model: PreTrainedModel, spec: ModelSpec, last_skipped: int, output: Any) -> Iterator[None]:
-    """Replace blocks ``0..last_skipped`` with a replay of block ``last_skipped``'s cached ``output``."""
-    blocks = model.get_submodule(spec.layers)
-    saved = [blocks[i] for i in range(last_skipped + 1)]
-    try:
-        for i in range(last_skipped + 1):
-            blocks[i] = _StandIn(saved[i], output, replay=i == 0)
-        yield
-    finally:
-        for i, block in enumerate(saved):
-            blocks[i] = block
-
-
-def _cache_block_output(model: PreTrainedModel, spec: ModelSpec, layer: int, batch: PositionedBatch) -> Any:
-    path = spec.layer_path(layer)
-    return capture_outputs(model, [path], path, **batch.forward_kwargs())[path]
-
-
 def _rows_of(requests: Tensor, n: int, t: int) -> Tensor:
     """Batch rows of ``requests`` (indices): their ``t`` rewriting rows (request-major), then their KL rows."""
     rewrite = (requests[:, None] * t + torch.arange(t, device=requests.device)).reshape(-1)
     return torch.cat([rewrite, n * t + requests])
-
-
-def _select_rows(batch: PositionedBatch, rows: Tensor) -> PositionedBatch:
-    return replace(
-        batch, input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows], position_ids=batch.position_ids[rows],
-        position=batch.position[rows], target_ids=batch.target_ids[rows], target_mask=batch.target_mask[rows],
-    )
 
 
 def compute_z(
@@ -159,22 +115,17 @@ def compute_z(
     prompts, ends = contextual_prompts(requests, templates)
     # rows: n*t rewriting rows (request-major), then n KL rows (the bare subject)
     kl_prompts = [r.subject for r in requests]
-    full = positioned_batch(
-        tokenizer,
-        prompts + kl_prompts,
-        ends + [len(s) for s in kl_prompts],
-        [r.target_new for r in requests for _ in templates] + [None] * n,
-        device,
-    )
-    full_owner = torch.cat([torch.arange(n, device=device).repeat_interleave(t), torch.arange(n, device=device)])
     path = _site_path(spec, layer, site)
     last_skipped = layer if site == "residual" else layer - 1
-    lower = _cache_block_output(model, spec, last_skipped, full) if last_skipped >= 0 else None
+    precision = resolve(config.autocast, device, "z.autocast")
+    with torch.no_grad():
+        rows_pass = z_pass(model, spec, path, last_skipped, tokenizer, prompts + kl_prompts, ends + [len(s) for s in kl_prompts],
+                           [r.target_new for r in requests for _ in templates] + [None] * n, prefix_cache=config.prefix_cache)
+    full_owner = torch.cat([torch.arange(n, device=device).repeat_interleave(t), torch.arange(n, device=device)])
 
     d_model = int(spec.mlp_out_weight(model, layer).shape[0])  # both sites are d_model wide
     delta = torch.zeros((n, d_model), device=device, dtype=torch.float32, requires_grad=True)
-    with torch.no_grad():
-        h = _site_values_at_rows(model, spec, path, last_skipped, lower, full)[: n * t : t]  # bare-prompt rows
+    h = rows_pass.site_values[: n * t : t]  # bare-prompt rows
     h_norm = h.norm(dim=1)
     optimizer = torch.optim.Adam([delta], lr=config.lr)
     kl_init = torch.zeros((n, 0), device=device)
@@ -189,21 +140,16 @@ def compute_z(
             if current is None or not torch.equal(current, ids):  # (re)build the batch of the active requests
                 stack.close()
                 current, rows = ids, _rows_of(ids, n, t)
-                batch, owner = _select_rows(full, rows), full_owner[rows]
-                if lower is not None:
-                    stack.enter_context(replay_lower_blocks(model, spec, last_skipped, replace_hidden(lower, output_hidden(lower)[rows])))
-                stack.enter_context(hooks(model, post={path: _adder(delta, owner, batch.position)}))
+                rows_pass.activate(stack, rows, delta, full_owner[rows])
             m = len(ids)
             optimizer.zero_grad(set_to_none=True)
-            with torch.enable_grad(), autocast(device, config.autocast), differentiable_attention(device):
-                logits = model(**batch.forward_kwargs()).logits.float()  # [rows, keep, vocab]
-                logprobs = torch.log_softmax(logits, dim=-1)
-                rewrite = slice(0, m * t)
-                token_lp = logprobs[rewrite].gather(2, batch.target_ids[rewrite, :, None]).squeeze(2)
-                mask = batch.target_mask[rewrite]
-                row_nll = -(token_lp * mask).sum(1) / mask.sum(1)
+            with torch.enable_grad(), autocast(device, precision), differentiable_attention(device):
+                out = rows_pass.logits(m * t)
+                token_lp = torch.log_softmax(out.target, dim=-1).gather(1, out.target_ids[:, None]).squeeze(1)
+                counts = torch.zeros(m * t, device=device).index_add_(0, out.target_row, torch.ones_like(token_lp))
+                row_nll = torch.zeros(m * t, device=device).index_add(0, out.target_row, -token_lp) / counts
                 active_nll = row_nll.reshape(m, t).mean(dim=1)
-                kl_lp = logprobs[m * t :, -1]  # the bare subject's last token is each KL row's last position
+                kl_lp = torch.log_softmax(out.kl, dim=-1)  # the bare subject's last token
                 if step == 0:
                     kl_init = kl_lp.detach().clone()  # every request is active at step 0
                 base = kl_init[ids]
@@ -211,7 +157,8 @@ def compute_z(
                 decay = config.weight_decay * delta[ids].norm(dim=1) / h_norm[ids] ** 2
                 per_request = active_nll + config.kl_factor * kl + decay
             nll = nll.index_copy(0, ids, active_nll.detach())
-            hits = _argmax_hits(logits[rewrite], batch.target_ids[rewrite], mask).reshape(m, t).all(dim=1)
+            misses = (out.target.argmax(dim=-1) != out.target_ids).float()
+            hits = (torch.zeros(m * t, device=device).index_add_(0, out.target_row, misses) == 0).reshape(m, t).all(dim=1)
             keep_going = torch.ones(m, dtype=torch.bool, device=device)
             for j, i in enumerate(ids.tolist()):
                 done = False
@@ -243,31 +190,3 @@ def compute_z(
                 delta.mul_(scale[:, None])
     z = (h + delta.detach()).T.contiguous()
     return ZResult(z=z, h=h.T.contiguous(), steps=tuple(steps), final_nll=tuple(float(x) for x in nll))
-
-
-def _adder(delta: Tensor, owner: Tensor, position: Tensor) -> Callable[..., Any]:
-    """Forward hook adding ``delta[owner[r]]`` to row ``r`` of the site's output at ``position[r]``."""
-
-    def add(module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
-        # The site may sit on another device than the inputs (a device map): move to it.
-        hidden = output_hidden(output)
-        rows = (torch.arange(hidden.shape[0], device=hidden.device), position.to(hidden.device))
-        added = torch.zeros_like(hidden).index_put(rows, delta[owner].to(device=hidden.device, dtype=hidden.dtype))
-        return replace_hidden(output, hidden + added)
-
-    return add
-
-
-def _site_values_at_rows(model: PreTrainedModel, spec: ModelSpec, path: str, last_skipped: int, lower: Any, batch: PositionedBatch) -> Tensor:
-    """The site's unedited output at each row's position, ``[rows, d]`` (float32, on the input device)."""
-    with contextlib.ExitStack() as stack:
-        if lower is not None:
-            stack.enter_context(replay_lower_blocks(model, spec, last_skipped, lower))
-        hidden = capture_outputs(model, [path], path, **batch.forward_kwargs())[path]
-    return gather_rows(output_hidden(hidden), batch.position).float().to(input_device(model))
-
-
-def _argmax_hits(logits: Tensor, target_ids: Tensor, mask: Tensor) -> Tensor:
-    """Per row: is the target the argmax at every target position?"""
-    match = (logits.argmax(dim=-1) == target_ids) | (mask == 0)
-    return match.all(dim=1)

@@ -42,18 +42,20 @@ def hooks(model: nn.Module, pre: dict[str, Callable] | None = None, post: dict[s
             handle.remove()
 
 
-def run_until(model: nn.Module, stop_after: str | None, **inputs: Any) -> None:
-    """Run ``model(**inputs)``; if ``stop_after`` is a module path, stop once that module has run."""
+def run_until(model: nn.Module, stop_after: str | None, call: Callable[..., Any] | None = None, **inputs: Any) -> None:
+    """Run ``model(**inputs)`` (or ``call(**inputs)``, e.g. the model's body without its head); if
+    ``stop_after`` is a module path of ``model``, stop once that module has run."""
 
     def stop(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         raise StopForward
 
+    forward = call or model
     try:
         if stop_after is None:
-            model(**inputs)
+            forward(**inputs)
         else:
             with hooks(model, post={stop_after: stop}):
-                model(**inputs)
+                forward(**inputs)
     except StopForward:
         pass
 
@@ -75,8 +77,11 @@ def capture_inputs(
     return captured
 
 
-def capture_outputs(model: nn.Module, paths: list[str], stop_after: str | None, **inputs: Any) -> dict[str, Any]:
-    """The raw output of each module in ``paths`` (tensor or tuple; see :func:`output_hidden`) for one pass."""
+def capture_outputs(
+    model: nn.Module, paths: list[str], stop_after: str | None, call: Callable[..., Any] | None = None, **inputs: Any
+) -> dict[str, Any]:
+    """The raw output of each module in ``paths`` (tensor or tuple; see :func:`output_hidden`) for one
+    pass of ``model`` (or of ``call``, see :func:`run_until`)."""
     captured: dict[str, Any] = {}
 
     def make(path: str) -> Callable:
@@ -86,7 +91,7 @@ def capture_outputs(model: nn.Module, paths: list[str], stop_after: str | None, 
         return grab
 
     with torch.no_grad(), hooks(model, post={p: make(p) for p in paths}):
-        run_until(model, stop_after, **inputs)
+        run_until(model, stop_after, call, **inputs)
     return captured
 
 

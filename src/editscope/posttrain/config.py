@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from editscope.config import ConfigError, from_dict, load_yaml, to_dict
+from editscope.precision import normalize
 
 Mode = Literal["cpt", "full", "lora"]
 
@@ -85,8 +86,10 @@ class PosttrainConfig:
         save_model: write the final weights (merged, for LoRA) to ``<out>/model`` as an HF folder.
         device: ``auto`` (CUDA where there is one, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
             Where the run computes, not what: not part of the config's digest.
-        autocast: ``bf16`` runs forward passes under bfloat16 autocast (weights and AdamW stay
-            fp32); ``None`` computes in the weights' dtype.
+        autocast: precision of the forward passes (:mod:`editscope.precision`; weights and AdamW
+            stay fp32): ``auto`` (bf16 where the device runs it natively, the weights' dtype
+            elsewhere), a dtype name (``bf16``), or ``None`` for the weights' dtype. The run folder's
+            ``config.yaml`` records what it resolved to.
         out: the run folder.
     """
 
@@ -110,7 +113,7 @@ class PosttrainConfig:
     lora: LoraSettings = LoraSettings()
     save_model: bool = True
     device: str = "auto"
-    autocast: Literal["bf16"] | None = None
+    autocast: str | None = "auto"
     out: str = "runs/posttrain"
 
     placement_fields: ClassVar[tuple[str, ...]] = ("out", "device")
@@ -129,6 +132,10 @@ class PosttrainConfig:
             raise ConfigError(f"posttrain.warmup: a fraction of the steps in [0, 1), got {self.warmup}")
         if self.grad_clip < 0:
             raise ConfigError(f"posttrain.grad_clip: must be >= 0, got {self.grad_clip}")
+        try:
+            normalize(self.autocast, "posttrain.autocast")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.lora.rank < 1 or not self.lora.alpha > 0 or not 0 <= self.lora.dropout < 1:
             raise ConfigError("posttrain.lora: rank >= 1, alpha > 0 and dropout in [0, 1) are needed")
 

@@ -10,7 +10,6 @@ record), ``train/lr``, ``train/grad_norm`` (mean, before clipping) and ``ppl/<co
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ from editscope.posttrain.config import PosttrainConfig
 from editscope.posttrain.data import IGNORE, Example, batch_for_step, build_examples, collate
 from editscope.posttrain.norms import base_model, matrix_norms, snapshot
 from editscope.posttrain.state import TrainState, load_train_state, rng_state, save_train_state, set_rng_state
+from editscope.precision import autocast, precision_record, resolve
 from editscope.runs.store import RunStore
 from editscope.storage import atomic_directory
 
@@ -128,12 +128,13 @@ def train_step(
     config: PosttrainConfig,
     device: torch.device,
     interval: Interval,
+    precision: str | None = None,
 ) -> int:
-    """One AdamW step on ``batch``; returns the number of tokens with loss."""
+    """One AdamW step on ``batch`` with the forward pass under ``precision`` (a resolved autocast dtype name
+    or ``None``); returns the number of tokens with loss."""
     inputs = collate(tokenizer, batch, device)
     n_tokens = loss_tokens(batch)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.autocast == "bf16" else contextlib.nullcontext()
-    with autocast:
+    with autocast(device, precision):
         loss = model(**inputs, use_cache=False).loss
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -162,8 +163,9 @@ class PosttrainRun:
     def execute(self, on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         c = self.config
         self.store.check_writable()
-        self.store.begin(c, resume=self.resume, overwrite=self.overwrite)
         device = resolve_device(c.device)
+        precision = resolve(c.autocast, device, "posttrain.autocast")
+        self.store.begin(c, resume=self.resume, overwrite=self.overwrite, resolved={"precision": precision_record(device)})
         loaded = load(c.model)
         tokenizer = loaded.tokenizer
         loaded.model.to(device)
@@ -173,7 +175,7 @@ class PosttrainRun:
         optimizer = make_optimizer(params, c)
         scheduler = make_scheduler(optimizer, c)
         examples = build_examples(tokenizer, c.mode, c.data, c.answer, c.steps * c.batch_size, c.seq_len)
-        ppl = Perplexity(PerplexityConfig(source=c.eval_source, n_windows=c.eval_windows))
+        ppl = Perplexity(PerplexityConfig(source=c.eval_source, n_windows=c.eval_windows, autocast=c.autocast))
         ppl.baseline(model, tokenizer)
 
         saved = load_train_state(self.store.path)
@@ -192,7 +194,7 @@ class PosttrainRun:
             while step < c.steps:
                 start = time.perf_counter()
                 batch = batch_for_step(examples, step, c.batch_size, c.seed)
-                tokens += train_step(model, tokenizer, batch, optimizer, scheduler, c, device, interval)
+                tokens += train_step(model, tokenizer, batch, optimizer, scheduler, c, device, interval, precision)
                 step += 1
                 wall += time.perf_counter() - start
                 bar.update(1)

@@ -26,6 +26,8 @@ from editscope.data import load_requests
 from editscope.editors import build_editor
 from editscope.instruments import Instrument
 from editscope.models.fingerprint import model_fingerprint
+from editscope.models.placement import input_device
+from editscope.precision import AUTO, OVERRIDE_ENV, precision_record, resolve
 from editscope.runs.config import RunConfig, build_instrument
 from editscope.runs.schedule import batch_ends, checkpoints
 from editscope.runs.store import RunStore, SavedState
@@ -101,6 +103,7 @@ class SequentialRun:
         self.wall_s = 0.0
         self.unedited: dict[str, dict[str, float]] = {}  # step-0 measurements given by baselines
         self.points = checkpoints(config.edits, config.batch_size, every=config.every, log_points=config.log_points)
+        self.precision_auto = resolve(AUTO, input_device(model)) or "float32"  # what every "auto" setting runs in
 
     # -- weights -------------------------------------------------------------------------
     @torch.no_grad()
@@ -143,6 +146,7 @@ class SequentialRun:
             {
                 "edits": self.edits, "wall_s": self.wall_s, "fingerprint": self.fingerprint,
                 "digest": self.config.digest(), "torch_threads": torch.get_num_threads(),
+                "precision_auto": self.precision_auto,
             },
             self.cumulative,
             self.editor.state_dict(),
@@ -164,6 +168,13 @@ class SequentialRun:
             logger.warning(
                 "%s: saved with %d torch threads, resuming with %d: results stay valid but differ from an "
                 "uninterrupted run by rounding (CPU kernels split their sums by thread)", self.store.path, threads, torch.get_num_threads(),
+            )
+        precision = saved.progress.get("precision_auto")
+        if precision is not None and precision != self.precision_auto:
+            logger.warning(
+                "%s: its edits so far ran with precision auto = %s, this machine resolves auto to %s: the run goes on, "
+                "but its later edits are not what an uninterrupted run would have computed (set %s to match)",
+                self.store.path, precision, self.precision_auto, OVERRIDE_ENV,
             )
         self.editor.load_state_dict(saved.editor)
         self.edits, self.wall_s = saved.edits, float(saved.progress["wall_s"])
@@ -228,9 +239,11 @@ def execute(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
     store = RunStore(config.out)
     store.check_writable()
     requests = select_requests(config)
-    store.begin(config, resume=resume, overwrite=overwrite, resolved=resolved_settings(config))
+    settings = resolved_settings(config)
+    store.check_claim(config, resume=resume, overwrite=overwrite)
     loaded = load(config.model, device_map=config.device_map)
     loaded.model.eval()
+    store.begin(config, resume=resume, overwrite=overwrite, resolved={**settings, "precision": precision_record(input_device(loaded.model))})
     run = SequentialRun(config, loaded.model, loaded.tokenizer, requests, store)
     summary = run.run(progress)
     logger.info("%s: %d edits, %d checkpoints, weights sha256 %s", summary.folder, summary.edits, summary.records, summary.weights_sha256[:12])

@@ -118,20 +118,10 @@ class RunStore:
         progress = self.saved_progress()
         return progress is not None and int(progress.get(self.position, -1)) >= last
 
-    def begin(self, config: Any, *, resume: bool, overwrite: bool, resolved: Mapping[str, Any] | None = None) -> None:
-        """Claim the folder for ``config``: refuse a different run's folder unless ``overwrite``.
-
-        ``resolved`` (the editor's and instruments' full settings, defaults included) is saved
-        beside the config for the record; it is not part of the comparison.
-        """
+    def check_claim(self, config: Any, *, resume: bool, overwrite: bool) -> None:
+        """Raise ``ConfigError`` where :meth:`begin` would refuse the folder; writes nothing."""
         saved = self.saved_config()
-        if saved is not None and overwrite:
-            logger.info("%s: --overwrite, removing the previous run", self.path)
-            for child in (self.path / CONFIG, self.path / METRICS):
-                child.unlink(missing_ok=True)
-            shutil.rmtree(self.path / STATE, ignore_errors=True)
-            saved = None
-        if saved is not None and saved.digest() != config.digest():
+        if saved is not None and not overwrite and saved.digest() != config.digest():
             changed = sorted(k for k, v in to_dict(config).items() if k not in config.placement_fields and to_dict(saved).get(k) != v)
             raise ConfigError(
                 f"{self.path} holds a run with a different config (differs in: {', '.join(changed)}); "
@@ -140,13 +130,34 @@ class RunStore:
         if saved is None:
             if resume:
                 raise ConfigError(f"--resume: {self.path} has no run to resume (no {CONFIG})")
-            if any(self.path.glob("*")):
-                stray = sorted(p.name for p in self.path.iterdir() if not p.name.startswith("."))
-                if stray:
-                    raise ConfigError(f"{self.path} is not empty and not a run folder ({', '.join(stray[:5])}); use --overwrite or another folder")
+            stray = sorted(p.name for p in self.path.iterdir() if not p.name.startswith(".")) if self.path.is_dir() else []
+            if stray:
+                raise ConfigError(f"{self.path} is not empty and not a run folder ({', '.join(stray[:5])}); use --overwrite or another folder")
+
+    def begin(self, config: Any, *, resume: bool, overwrite: bool, resolved: Mapping[str, Any] | None = None) -> None:
+        """Claim the folder for ``config``: refuse a different run's folder unless ``overwrite``.
+
+        ``resolved`` (the editor's and instruments' full settings, defaults included, and the
+        precision record) is saved beside the config for the record; it is not part of the comparison.
+        """
+        self.check_claim(config, resume=resume, overwrite=overwrite)
+        saved = self.saved_config()
+        if saved is not None and overwrite:
+            logger.info("%s: --overwrite, removing the previous run", self.path)
+            for child in (self.path / CONFIG, self.path / METRICS):
+                child.unlink(missing_ok=True)
+            shutil.rmtree(self.path / STATE, ignore_errors=True)
+            saved = None
+        if saved is None:
             record = {**to_dict(config), "digest": config.digest(), "resolved": dict(resolved or {})}
-            text = yaml.safe_dump(record, sort_keys=False)
-            atomic_write_text(self.path / CONFIG, text)
+            atomic_write_text(self.path / CONFIG, yaml.safe_dump(record, sort_keys=False))
+
+    def saved_resolved(self) -> dict[str, Any]:
+        """The ``resolved`` record of ``config.yaml`` (settings, precision), or ``{}``."""
+        path = self.path / CONFIG
+        if not path.is_file():
+            return {}
+        return dict((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("resolved") or {})
 
     # -- metrics -------------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:

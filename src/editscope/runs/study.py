@@ -32,8 +32,8 @@ class StudyConfig:
         seed: ordering seed shared by the runs (the same facts in the same order).
         out: folder holding one run folder per editor.
         downstream_dir: task files for the few-shot downstream instrument; ``None`` leaves it out.
-        downstream_autocast: autocast dtype of the downstream forward passes (``"bfloat16"``: about
-            twice as fast on CPU, keeps the demo within its time budget; ``None``: full precision).
+        downstream_autocast: precision of the downstream forward passes (``"auto"``: bf16 where the
+            device runs it natively, about twice as fast there; a dtype name; ``None``: the model's own).
         quick: smaller instrument settings for a smoke check.
     """
 
@@ -46,7 +46,7 @@ class StudyConfig:
     seed: int = 0
     out: str = "runs/demo"
     downstream_dir: str | None = None
-    downstream_autocast: str | None = "bfloat16"
+    downstream_autocast: str | None = "auto"
     quick: bool = False
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ from editscope.linalg.stats import (
     shard_batches,
     stat_batches,
 )
+from editscope.models.placement import input_device
+from editscope.precision import resolve
 from editscope.sweep.config import Resources
 from editscope.sweep.task import torch_threads
 
@@ -55,7 +57,8 @@ class StatsConfig:
         corpus: text source (``default``: the bundled Wikipedia sample; see editscope.data.corpora).
         n_samples: token windows.
         seq_len: tokens per window.
-        autocast: reduced precision of the forward pass (``"bfloat16"``) or ``None``.
+        autocast: precision of the forward pass (``"auto"``, a dtype name or ``None``; resolved on the
+            driver's model device, see :mod:`editscope.precision`).
         seed: seed of a model-sampled corpus (the editor's ``seed``).
         shards: pieces the batches are split into (1: one pass).
         resources: CPUs/GPUs of each shard's Ray task (its torch threads: ``num_cpus``).
@@ -67,7 +70,7 @@ class StatsConfig:
     corpus: str = "default"
     n_samples: int = 1000
     seq_len: int = 256
-    autocast: str | None = None
+    autocast: str | None = "auto"
     seed: int = 0
     shards: int = 1
     resources: Resources = field(default_factory=Resources)
@@ -177,6 +180,7 @@ def compute_statistics(config: StatsConfig, *, backend: str = "auto", ray_addres
         loaded.spec.check_layer(loaded.model, layer)
     fingerprint = model_fingerprint(loaded.model)
     corpus = load_corpus(config.corpus, model=loaded.model, tokenizer=loaded.tokenizer, seed=config.seed)
+    config = replace(config, autocast=resolve(config.autocast, input_device(loaded.model), "stats.autocast"))
     key = {"n_samples": config.n_samples, "seq_len": config.seq_len, "autocast": config.autocast}
     cached = tuple(sorted(read_cached_moments(fingerprint, loaded.spec, config.layers, corpus, **key)))
     if chosen == "ray":

@@ -27,7 +27,8 @@ from editscope.editors.mend.factors import EditSite, edit_sites, gradient_factor
 from editscope.editors.mend.network import MENDNetwork
 from editscope.editors.mend.training import per_row_nll
 from editscope.models.fingerprint import model_fingerprint
-from editscope.precision import autocast
+from editscope.models.placement import input_device
+from editscope.precision import autocast, normalize, resolve
 from editscope.storage import cache_home
 from editscope.types import EditRequest, WeightDelta
 
@@ -48,15 +49,25 @@ class MENDConfig(EditorConfig):
             those (negative indices count from the end), a check against using the wrong checkpoint.
         edit_scale: factor on every ΔW at edit time (1: as trained). Below 1 it trades efficacy for
             locality without retraining, as a smaller learned step size α would.
+        autocast: precision of the gradient pass that reads ``u`` and ``δ`` (``"auto"``: bf16 where
+            the device runs it natively; a dtype name; ``None``: the model's own; see
+            :mod:`editscope.precision`). ``"trained"``: the precision the checkpoint was trained with.
+            A network trained under bf16 sees float32 factors that differ by bf16 rounding only.
     """
 
     layers: tuple[int, ...] = ()
     checkpoint: str | None = None
     edit_scale: float = 1.0
+    autocast: str | None = "auto"
 
     def __post_init__(self) -> None:
         if not self.edit_scale > 0:
             raise ConfigError(f"MENDConfig.edit_scale: must be > 0, got {self.edit_scale}")
+        if self.autocast != "trained":
+            try:
+                normalize(self.autocast, "MENDConfig.autocast")
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
         if self.checkpoint is None:
             return
         if not self.checkpoint.strip():
@@ -110,7 +121,8 @@ class MENDEditor(Editor):
             raise MENDCheckpointError(f"{folder}: its edited weights {[s.name for s in network.slots]} do not match this model's")
         self._network = network.to(model.get_input_embeddings().weight.device)
         self._sites = sites
-        self._autocast = trained.get("autocast")
+        chosen = trained.get("autocast") if self.config.autocast == "trained" else self.config.autocast
+        self._autocast = resolve(chosen, input_device(model), "mend.autocast")
         return self._network, self._sites
 
     # -- Editor hooks --------------------------------------------------------------------
@@ -130,7 +142,7 @@ class MENDEditor(Editor):
         batch = request_batch(model, tokenizer, requests)
         rows = torch.arange(len(requests), device=batch.input_ids.device)
         kwargs = {**batch.forward_kwargs(), "use_cache": False}
-        with autocast(batch.input_ids.device, self._autocast):  # the precision the network was trained with
+        with autocast(batch.input_ids.device, self._autocast):
             factors, _ = gradient_factors(model, sites, kwargs, lambda logits: per_row_nll(logits, batch, rows).sum())
         deltas = {}
         with torch.no_grad():

@@ -45,11 +45,11 @@ from editscope.editors.mend.locality import locality_kl, locality_pool, target_l
 from editscope.editors.mend.network import MENDNetwork
 from editscope.editors.mend.train_config import RESUMABLE_CHANGES, MENDTrainConfig, saved_config
 from editscope.evaluation.scoring import TargetBatch, target_batch
-from editscope.linalg.values import replay_lower_blocks
+from editscope.linalg.zpass import replay_lower_blocks
 from editscope.models.fingerprint import model_fingerprint
 from editscope.models.hooks import capture_outputs
 from editscope.models.spec import spec_for_config
-from editscope.precision import autocast
+from editscope.precision import autocast, precision_record, resolve
 from editscope.types import EditRequest
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ class MENDTrainer:
         self.spec = spec_for_config(model.config)
         self.sites = edit_sites(model, self.spec, config.layers, config.parts)
         self.device = model.get_input_embeddings().weight.device
+        self.precision = resolve(config.autocast, self.device, "MENDTrainConfig.autocast")  # autocast dtype, or None
         self.fingerprint = model_fingerprint(model)
         self.loc_pool = locality_pool(self.train_requests, self.held_out) if config.loc_text_share < 1 else []
         self._loc_set = set(self.loc_pool)
@@ -217,14 +218,14 @@ class MENDTrainer:
         with contextlib.ExitStack() as stack, torch.enable_grad():
             if first > 0:
                 path = self.spec.layer_path(first - 1)
-                with autocast(self.device, cfg.autocast):
+                with autocast(self.device, self.precision):
                     cached = capture_outputs(self.model, [path], path, **kwargs)[path]
                 stack.enter_context(replay_lower_blocks(self.model, self.spec, first - 1, cached))
 
             def inner_loss(logits: Tensor) -> Tensor:
                 return per_row_nll(logits, batch, rows.edit_rows).sum()
 
-            with autocast(self.device, cfg.autocast):
+            with autocast(self.device, self.precision):
                 factors, base_logits = gradient_factors(self.model, self.sites, kwargs, inner_loss)
             mask = batch.attention_mask[rows.edit_rows]
             token_group = rows.owner[rows.edit_rows][:, None].expand_as(mask)[mask.bool()]
@@ -235,7 +236,7 @@ class MENDTrainer:
                 u_tilde, delta_tilde = self.network.transform(index, u, delta)
                 scaled = -self.network.step_sizes[index] * delta_tilde
                 packed[site.name] = (pack_groups(u_tilde, token_group, rows.groups), pack_groups(scaled, token_group, rows.groups))
-            with autocast(self.device, cfg.autocast), low_rank_edits(self.model, self.sites, packed, rows.owner):
+            with autocast(self.device, self.precision), low_rank_edits(self.model, self.sites, packed, rows.owner):
                 edited_logits = self.model(**kwargs).logits
             stack.close()  # the text windows replay their own lower blocks
             edit_rows = torch.cat([rows.edit_rows, rows.paraphrase_rows])
@@ -246,7 +247,7 @@ class MENDTrainer:
             if self.windows is not None:
                 ids = self.text_rows_for(self.step)
                 owner = torch.arange(ids.shape[0], device=self.device) % rows.groups
-                text = text_locality_kl(*text_pass(self.model, self.spec, self.sites, packed, owner, ids, cfg.autocast), cfg.loc_divergence)
+                text = text_locality_kl(*text_pass(self.model, self.spec, self.sites, packed, owner, ids, self.precision), cfg.loc_divergence)
             share = cfg.loc_text_share
             loss = cfg.edit_weight * edit_nll.mean() + cfg.loc_weight * ((1 - share) * loc + share * text) + cfg.target_lift_weight * lift
             for group, base in zip(self.optimizer.param_groups, (cfg.lr, cfg.step_size_lr)):
@@ -301,6 +302,7 @@ class MENDTrainer:
             "history": self.history,
             "loc_text": self.text_meta,
             "torch_threads": torch.get_num_threads(),
+            "precision": {"autocast": self.precision or "float32", "hardware": precision_record(self.device)},
         }
 
     def save(self, out: str | Path) -> None:
