@@ -155,7 +155,7 @@ def _probed(device: torch.device, name: str) -> tuple[bool, str, dict[str, Any]]
     native = probe["bf16_s"] < probe["fp32_s"]
     logger.info("precision probe on %s (%s): bf16 %.4f s, fp32 %.4f s -> %s", device.type, name, probe["bf16_s"], probe["fp32_s"],
                 "native bf16" if native else "no native bf16")
-    record = {"device": device.type, "name": name, "torch": torch.__version__, "native_bf16": native, "probe": probe}
+    record = {"device": device.type, "name": name, "torch": str(torch.__version__), "native_bf16": native, "probe": probe}
     with contextlib.suppress(OSError):
         atomic_write_text(path, json.dumps(record, indent=2))
     return native, "probe", probe
@@ -211,7 +211,7 @@ def precision_record(device: torch.device | str = "cpu") -> dict[str, Any]:
     auto = resolve(AUTO, device)
     return {
         **asdict(hardware),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "torch_threads": torch.get_num_threads(),
         "override": os.environ.get(OVERRIDE_ENV) or None,
         "auto": auto or "float32",

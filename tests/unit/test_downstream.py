@@ -299,7 +299,7 @@ def test_downstream_under_bf16_autocast(glue_dir):
     full = DownstreamAbility(DownstreamConfig(**{**config.__dict__, "autocast": None})).baseline(model, tok)
     assert set(reduced) == set(full)
     assert abs(reduced["downstream/cola/acc"] - full["downstream/cola/acc"]) <= 0.25
-    with pytest.raises(ConfigError, match="autocast: unknown dtype 'bf17'"):
+    with pytest.raises(ConfigError, match="downstream.autocast: unknown precision 'bf17'"):
         DownstreamAbility(DownstreamConfig(**{**config.__dict__, "autocast": "bf17"}))
 
 
