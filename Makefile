@@ -47,7 +47,7 @@ $(BROWSER_STAMP):
 	fi
 
 test: $(STAMP) $(BROWSER_STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
 
 test-unit: $(STAMP) $(BROWSER_STAMP)
 	$(BIN)/python -m pytest -q tests/unit tests/contract $(ARGS)

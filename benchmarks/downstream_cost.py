@@ -6,7 +6,7 @@ Defaults: every task, 100 examples each, 4 shots; perplexity on the default corp
 ``baseline`` and one ``measure`` per instrument (measure on the unedited model, so the scores are
 the unedited model's and ``agree`` is 1).
 
-JSON: {"model", "threads", "load_avg", "downstream": {"baseline_s", "measure_s", "tokens": {task:
+JSON: {"model", "threads", "load_avg", "machine" (benchmarks/machine.py), "downstream": {"baseline_s", "measure_s", "tokens": {task:
 {"prefix", "queries"}}, "scores": {task: {"acc", "f1", "mcc"}}}, "perplexity": {"baseline_s",
 "measure_s", "windows", "tokens", "ppl"}}
 """
@@ -23,6 +23,7 @@ import torch
 
 from editscope.instruments.downstream import DownstreamAbility, DownstreamConfig, Perplexity, PerplexityConfig
 from editscope.models import load
+from machine import machine_record
 
 SHARED = Path(os.environ.get("EDITSCOPE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -40,7 +41,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     lm = load(args.model)
-    out: dict = {"model": args.model, "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]}
+    out: dict = {"model": args.model, "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0],
+                 "machine": machine_record(lm.model, lm.tokenizer)}
 
     downstream = DownstreamAbility(DownstreamConfig(data_dir=args.data_dir))
     _, baseline_s = timed(lambda: downstream.baseline(lm.model, lm.tokenizer))

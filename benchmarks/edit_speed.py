@@ -2,20 +2,27 @@
 
 Usage: python benchmarks/edit_speed.py [--model smollm2-135m] [--editors memit,...] [--json]
        [--stats-samples 1000] [--stats-seq-len 256] [--z-batch 16] [--device auto|cpu|cuda]
+       [--precision auto|fp32|bf16]
 
-On a GPU every timed region ends with ``torch.cuda.synchronize``.
+On a GPU every timed region ends with ``torch.cuda.synchronize``. ``--precision`` sets
+``EDITSCOPE_PRECISION`` for the run: what every ``auto`` precision setting resolves to (``fp32``
+measures the float32 path on a machine with native bf16).
 
 JSON keys:
   model, device, torch_threads
-  editors: {name: {"batch1_s_per_edit", "batch10_s_per_edit", "efficacy_batch10"}}
+  machine: the machine block of ``benchmarks/machine.py`` (CPU capability, native bf16, what
+      ``auto`` resolved to, ``forward_tokens_per_s`` of a plain full forward on this machine)
+  editors: {name: {"batch1_s_per_edit", "batch10_s_per_edit", "batch10_forward_tokens_per_edit",
+      "efficacy_batch10"}}
       seconds per edit with statistics excluded (C0 computed before timing); ROME's "batch 10" is
-      ten edits one after another; efficacy: P(target_new) > P(target_true) on the edit prompts.
+      ten edits one after another; forward tokens per edit: seconds per edit x the machine's
+      forward tokens/s (comparable across machines); efficacy: P(target_new) > P(target_true) on
+      the edit prompts.
   stats: {"layers", "texts", "tokens", "seconds", "tokens_per_s"} for the one-pass statistics
       of the MEMIT layers (no cache);
   stats_bf16: the same pass with bf16 autocast: {"seconds", "tokens_per_s", "max_rel_fro_diff_vs_fp32"}
-      (the largest relative Frobenius difference of C0 from the float32 pass over the layers);
-  full_forward_tokens_per_s: a plain full forward (all layers and the unembedding) over the same
-      windows, batch of the same shape;
+      (the largest relative Frobenius difference of C0 from the float32 pass over the layers), only
+      where ``auto`` resolves to bf16 (elsewhere a bf16 pass takes PyTorch's slow fallback);
   z_batched_vs_looped: {"batch", "batched_s", "looped_s", "speedup"} for z* of ``--z-batch``
       requests at once against one request at a time, same steps (MPES off, fixed steps);
   peak_rss_mb: peak resident memory of the process.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import time
 
@@ -40,7 +48,9 @@ from editscope.linalg.stats import collect_second_moments, token_chunks
 from editscope.linalg.values import ZConfig, compute_z
 from editscope.models import load
 from editscope.models.loading import resolve_device
+from editscope.precision import OVERRIDE_ENV
 from editscope.types import preserved
+from machine import forward_token_cost, machine_record
 
 
 def is_locate(name: str) -> bool:
@@ -73,28 +83,6 @@ def time_editor(lm, name, requests, stats_samples, stats_seq_len, model_name):
 
 
 
-@torch.no_grad()
-def forward_tokens_per_s(model, chunks, batch_tokens=4096) -> float:
-    start, tokens = time.perf_counter(), 0
-    order = sorted(chunks, key=len, reverse=True)
-    i = 0
-    while i < len(order):
-        width = len(order[i])
-        rows = max(1, batch_tokens // width)
-        group = order[i : i + rows]
-        i += rows
-        ids = torch.zeros((len(group), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, seq in enumerate(group):
-            ids[r, : len(seq)] = torch.tensor(seq)
-            mask[r, : len(seq)] = 1
-        device = next(model.parameters()).device
-        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        tokens += int(mask.sum())
-    sync()
-    return tokens / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -104,13 +92,19 @@ def main() -> None:
     parser.add_argument("--z-batch", type=int, default=16)
     parser.add_argument("--skip-stats", action="store_true", help="skip the statistics and forward throughput part")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, ...")
+    parser.add_argument("--precision", default=None, help="EDITSCOPE_PRECISION for this run: auto, fp32 or bf16")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.precision:
+        os.environ[OVERRIDE_ENV] = args.precision
     lm = load(args.model)
     lm.model.to(resolve_device(args.device))
     requests = [r for r in load_requests("demo") if r.meta.get(f"known/{args.model}", {}).get("rank") == 1]
-    result: dict = {"model": args.model, "device": str(next(lm.model.parameters()).device), "torch_threads": torch.get_num_threads()}
+    machine = machine_record(lm.model, lm.tokenizer)
+    logging.info("machine: %s", machine)
+    result: dict = {"model": args.model, "device": str(next(lm.model.parameters()).device), "torch_threads": torch.get_num_threads(),
+                    "machine": machine}
 
     if not args.skip_stats:
         layers = list(build_editor("memit", model_name=args.model).config.layers)
@@ -122,14 +116,14 @@ def main() -> None:
         sync()
         seconds = time.perf_counter() - start
         result["stats"] = {"layers": layers, "texts": len(chunks), "tokens": tokens, "seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds)}
-        start = time.perf_counter()
-        bf16 = collect_second_moments(lm.model, lm.spec, layers, chunks, autocast="bfloat16")
-        sync()
-        seconds = time.perf_counter() - start
-        rel = max(float((bf16[l].mean() - fp32[l].mean()).norm() / fp32[l].mean().norm()) for l in layers)
-        result["stats_bf16"] = {"seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds), "max_rel_fro_diff_vs_fp32": rel}
-        result["full_forward_tokens_per_s"] = round(forward_tokens_per_s(lm.model, chunks[: max(8, len(chunks) // 10)]))
-        logging.info("stats %s, full forward %s tok/s", result["stats"], result["full_forward_tokens_per_s"])
+        if machine["auto"] == "bfloat16":
+            start = time.perf_counter()
+            bf16 = collect_second_moments(lm.model, lm.spec, layers, chunks, autocast="bfloat16")
+            sync()
+            seconds = time.perf_counter() - start
+            rel = max(float((bf16[l].mean() - fp32[l].mean()).norm() / fp32[l].mean().norm()) for l in layers)
+            result["stats_bf16"] = {"seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds), "max_rel_fro_diff_vs_fp32": rel}
+        logging.info("stats %s", result["stats"])
 
     editor = build_editor("memit", {"stats_samples": args.stats_samples, "stats_seq_len": args.stats_seq_len}, model_name=args.model)
     editor.prepare(lm.model, lm.tokenizer)
@@ -152,7 +146,9 @@ def main() -> None:
 
     result["editors"] = {}
     for name in args.editors.split(","):
-        result["editors"][name] = time_editor(lm, name, requests, args.stats_samples, args.stats_seq_len, args.model)
+        timed = time_editor(lm, name, requests, args.stats_samples, args.stats_seq_len, args.model)
+        timed["batch10_forward_tokens_per_edit"] = forward_token_cost(timed["batch10_s_per_edit"], machine)
+        result["editors"][name] = timed
         logging.info("%s %s", name, result["editors"][name])
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps(result, indent=2) if args.json else result)

@@ -5,7 +5,7 @@ Usage: python benchmarks/efficacy_check.py [--editors memit,encore] [--edits 10]
 
 ``--set`` overrides a hyperparameter of every listed editor (e.g. ``--set norm_weight=30``).
 
-JSON: one object per editor with keys
+JSON: {"machine" (benchmarks/machine.py: CPU capability, precision, forward tokens/s), "before", "results"}; "results" holds one object per editor with keys ("forward_tokens_per_edit": seconds per edit x the forward tokens/s)
   editor, edits, batch_mode ("batch" or "one-at-a-time"), seconds_per_edit (statistics excluded),
   stats_seconds (C0 for the edited layers, 0 when cached), efficacy (P(new) > P(true) on the edit
   prompt), paraphrase (same on paraphrases), neighborhood (neighbors keep P(true answer) > P(new)),
@@ -26,6 +26,7 @@ from editscope.editors.locate import LocateEditor
 from editscope.evaluation.edit_metrics import edit_scores
 from editscope.models import load
 from editscope.types import preserved
+from machine import forward_token_cost, machine_record
 
 
 def is_locate(name: str) -> bool:
@@ -43,6 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     lm = load(args.model)
+    machine = machine_record(lm.model, lm.tokenizer)
     requests = [r for r in load_requests("demo") if r.meta.get(f"known/{args.model}", {}).get("rank") == 1][: args.edits]
     before = edit_scores(lm.model, lm.tokenizer, requests)
     results = []
@@ -71,11 +73,12 @@ def main() -> None:
         results.append({
             "editor": name, "edits": len(requests), "batch_mode": "one-at-a-time" if one_at_a_time else "batch",
             "seconds_per_edit": round(seconds / len(requests), 2), "stats_seconds": round(stats_s, 1),
+            "forward_tokens_per_edit": forward_token_cost(seconds / len(requests), machine),
             **{k: round(v, 3) for k, v in scores.items()},
             "delta_fro": {k: round(v, 3) for k, v in total.fro_norms().items()},
         })
         logging.info("%s", results[-1])
-    out = {"before": before, "results": results}
+    out = {"machine": machine, "before": before, "results": results}
     print(json.dumps(out, indent=2) if args.json else out)
 
 

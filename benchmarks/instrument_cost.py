@@ -9,7 +9,7 @@ has the task files). The edit-quality instrument scores a realistic history: 100
 perturbation of the edited layers. One real edit batch of ``--batch-size`` demo requests is timed
 with ``--editor`` (statistics loaded beforehand, excluded) to put the costs in proportion.
 
-JSON: {"model", "threads", "edit_batch_s", "checkpoint_s", "instruments": {name: {"baseline_s",
+JSON: {"model", "threads", "machine" (benchmarks/machine.py), "edit_batch_s", "checkpoint_s", "instruments": {name: {"baseline_s",
 "measure_s_median", "keys", "pct_of_edit_batch"}}}
 """
 
@@ -30,6 +30,7 @@ from editscope.editors import build_editor
 from editscope.models import load
 from editscope.runs.config import DEFAULT_INSTRUMENTS, build_instrument, load_run_config
 from editscope.types import WeightDelta
+from machine import machine_record
 
 SHARED = Path(os.environ.get("EDITSCOPE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -41,7 +42,7 @@ def main() -> None:
     parser.add_argument("--editor", default="memit")
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--downstream-autocast", default=None, help="e.g. bfloat16 (as `make demo` uses)")
+    parser.add_argument("--downstream-autocast", default="auto", help="auto (as `make demo` uses), bfloat16 or null")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     instruments = [*DEFAULT_INSTRUMENTS, *(["downstream"] if Path(args.data_dir).is_dir() else [])]
@@ -59,7 +60,8 @@ def main() -> None:
     edit_batch_s = time.perf_counter() - start
     edited = editor.edited_parameters(lm.model)
 
-    out: dict = {"model": args.model, "threads": torch.get_num_threads(), "edit_batch_s": round(edit_batch_s, 2), "instruments": {}}
+    out: dict = {"model": args.model, "threads": torch.get_num_threads(), "machine": machine_record(lm.model, lm.tokenizer),
+                 "edit_batch_s": round(edit_batch_s, 2), "instruments": {}}
     for name in instruments:
         instrument = build_instrument(config, name)
         instrument.watch(edited)

@@ -3,6 +3,7 @@
 Usage: python benchmarks/load_time.py [--model smollm2-135m] [--json]
 
 JSON keys:
+  machine          the precision record (CPU capability, native bf16, what auto resolves to)
   model            bundled name
   convert_s        seconds for load() with an empty cache (GGUF dequantization + save + verify)
   second_load_s    seconds for load() in a new process once the folder is cached
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from editscope.precision import precision_record
 
 TIMED = "import time; t=time.perf_counter(); from editscope.models import load; s=time.perf_counter(); load({name!r}); print(time.perf_counter()-s)"
 
@@ -37,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         convert_s, _ = run(args.model, home)
         second_s, process_s = run(args.model, home)
-    result = {"model": args.model, "convert_s": round(convert_s, 2), "second_load_s": round(second_s, 2), "process_s": round(process_s, 2)}
+    result = {"machine": precision_record("cpu"), "model": args.model, "convert_s": round(convert_s, 2), "second_load_s": round(second_s, 2), "process_s": round(process_s, 2)}
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
 
 

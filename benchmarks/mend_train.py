@@ -10,7 +10,7 @@ Training runs through the library's trainer (resumable: rerun with --resume afte
 edited alone on the unedited model (``compute_delta`` on ``[request]``, applied, scored, restored).
 
 JSON:
-  model, device, torch_threads, out,
+  model, device, torch_threads, out, machine (benchmarks/machine.py: CPU capability, precision, forward tokens/s),
   train: {steps_done, step, seconds, steps_per_s, seconds_per_step, last (the last step's losses)},
   eval: {requests, seconds_per_edit, efficacy, paraphrase, neighborhood (after each edit),
          unedited: {efficacy, paraphrase, neighborhood}, neighborhood_drop (unedited - edited),
@@ -41,6 +41,7 @@ from editscope.editors.mend.locality import kl_per_position, text_windows
 from editscope.editors.mend.train_config import saved_config
 from editscope.evaluation.edit_metrics import edit_scores
 from editscope.models import load
+from machine import machine_record
 
 KEYS = ("efficacy", "paraphrase", "neighborhood")
 
@@ -140,6 +141,7 @@ def main() -> None:
     training, held_out = train(args, model, lm.tokenizer)
     out = {
         "model": args.model, "device": str(device), "torch_threads": torch.get_num_threads(), "out": str(args.out),
+        "machine": machine_record(model, lm.tokenizer),
         "train": training, "eval": evaluate(args, model, lm.tokenizer, held_out),
     }
     print(json.dumps(out, indent=2) if args.json else out)

@@ -12,7 +12,7 @@ into a fresh root, with the statistics cache warmed first so every setup does th
 - ``ray``: a local Ray instance over every core, one run per core side by side (one thread each),
   Ray's start-up included.
 
-JSON: {"cores", "load_avg" (1-minute, at the end; other work on the machine slows every setup), "runs", "edits", "setups": {name: {"seconds", "runs_per_minute", "backend", "threads"}},
+JSON: {"machine" (the precision record), "cores", "load_avg" (1-minute, at the end; other work on the machine slows every setup), "runs", "edits", "setups": {name: {"seconds", "runs_per_minute", "backend", "threads"}},
 "ray_speedup" (over inprocess_1thread), "ray_speedup_over_inprocess_all_threads" (with --all-threads)}
 
 What to expect on a cluster: runs are independent, so throughput grows with the number of
@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from editscope.precision import precision_record
 
 
 def tiny_folder(root: Path) -> Path:
@@ -103,7 +105,7 @@ def main() -> None:
             setups["ray"] = timed_sweep(sweep_file(root, model, "ray", args.runs, args.edits, 1), "ray")
         except Exception as exc:  # Ray missing or not starting: report the in-process figures alone
             print(f"ray: skipped ({exc})", file=sys.stderr)
-    result = {"cores": cores, "load_avg": round(os.getloadavg()[0], 2), "runs": args.runs, "edits": args.edits, "setups": setups}
+    result = {"machine": precision_record("cpu"), "cores": cores, "load_avg": round(os.getloadavg()[0], 2), "runs": args.runs, "edits": args.edits, "setups": setups}
     for name, key in (("inprocess_1thread", "ray_speedup"), ("inprocess_all_threads", "ray_speedup_over_inprocess_all_threads")):
         if "ray" in setups and name in setups:
             result[key] = round(setups["ray"]["runs_per_minute"] / setups[name]["runs_per_minute"], 2)
