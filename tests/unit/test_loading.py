@@ -47,3 +47,26 @@ def test_hub_id_fails_fast_when_hub_unreachable(monkeypatch, tmp_path):
         load("some-org/some-model")
     assert "smollm2-135m" in str(info.value)
     assert time.monotonic() - start < 30  # a generous bound: the point is "does not hang"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_unembedding_sees_contiguous_inputs_and_the_same_logits(arch, tmp_path):
+    import torch
+
+    from editscope.models.hooks import contiguous_head, hooks
+
+    model, tok, _ = tiny_model(arch)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    for lm in (model, load(str(tmp_path)).model):
+        seen = []
+        head_path = next(name for name, module in lm.named_modules() if module is lm.get_output_embeddings())
+        grab = lambda module, args, kwargs, output: seen.append(args[0].is_contiguous())  # noqa: E731
+        ids = torch.randint(3, 100, (3, 9))
+        with torch.no_grad(), hooks(lm, post={head_path: grab}):
+            kept = lm(input_ids=ids, logits_to_keep=4).logits
+        full = lm(input_ids=ids).logits
+        assert seen == [True]
+        torch.testing.assert_close(kept, full[:, -4:], rtol=1e-5, atol=1e-5)
+        contiguous_head(lm)  # idempotent: one hook
+        assert len(lm.get_output_embeddings()._forward_pre_hooks) == 1

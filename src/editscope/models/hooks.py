@@ -42,6 +42,27 @@ def hooks(model: nn.Module, pre: dict[str, Callable] | None = None, post: dict[s
             handle.remove()
 
 
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple | None:
+    if args and isinstance(args[0], Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
+
+
+def contiguous_head(model: nn.Module) -> None:
+    """Make the unembedding always see a contiguous input (idempotent; results unchanged).
+
+    ``logits_to_keep`` slices the last positions of ``[batch, pos, d]`` hidden states, a
+    non-contiguous view; a CPU ``linear`` on such a 3D view took a batched-matmul path 4-5x slower
+    than on a contiguous copy (SmolLM2's 49,152 x 576 head, 40 x 4 positions: 0.55 s against 0.12 s,
+    AVX2, 2 threads) -- the largest single cost of a MEND training step and of scoring targets.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "_editscope_contiguous", False):
+        return
+    head.register_forward_pre_hook(_contiguous_input)
+    head._editscope_contiguous = True
+
+
 def run_until(model: nn.Module, stop_after: str | None, call: Callable[..., Any] | None = None, **inputs: Any) -> None:
     """Run ``model(**inputs)`` (or ``call(**inputs)``, e.g. the model's body without its head); if
     ``stop_after`` is a module path of ``model``, stop once that module has run."""

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from editscope.errors import ModelLoadError
 from editscope.models.bundled import BUNDLED_MODELS, ensure_bundled
+from editscope.models.hooks import contiguous_head
 from editscope.models.placement import DeviceMap, place_model
 from editscope.models.spec import ModelSpec, spec_for_config
 
@@ -59,6 +60,7 @@ def _finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: st
     spec = spec_for_config(model.config)
     model.eval()
     model.requires_grad_(False)
+    contiguous_head(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, name=name, source=source)

@@ -23,6 +23,7 @@ from transformers import (
 )
 from transformers.models.gemma3 import Gemma3TextConfig
 
+from editscope.models.hooks import contiguous_head
 from editscope.models.spec import ModelSpec, spec_for_config
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
@@ -107,4 +108,5 @@ def tiny_model(
     finally:
         torch.random.set_rng_state(generator_state)
     model.eval()
+    contiguous_head(model)
     return model, tok, spec_for_config(model.config)
