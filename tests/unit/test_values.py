@@ -162,3 +162,18 @@ def test_prefix_cache_handles_rows_without_a_prefix(one_thread):
         for name, a, b in zip(("site values", "nll", "kl logits", "gradient"), cached, whole):
             assert torch.isfinite(a).all(), name
             assert relative_difference(a, b) < 1e-6, name
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
+def test_packed_keys_equal_whole_prompts(arch, one_thread):
+    """Keys from the prefix trie of the prompts cut after the subject equal keys read from whole
+    left-padded prompts (several layers in one pass)."""
+    from editscope.linalg.keys import compute_keys
+
+    model, tok, spec = tiny_model(arch)
+    layers = [0, 1, 2]
+    packed = compute_keys(model, tok, spec, layers, REQUESTS, PREFIX_TEMPLATES)
+    whole = compute_keys(model, tok, spec, layers, REQUESTS, PREFIX_TEMPLATES, packed=False)
+    for layer in layers:
+        assert packed[layer].shape == (spec.mlp_out_weight(model, layer).shape[1], len(REQUESTS))
+        assert relative_difference(packed[layer], whole[layer]) < 1e-6, layer

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editscope.linalg.positions import positioned_batch
+from editscope.linalg.positions import positioned_batch, positioned_rows
+from editscope.linalg.zpass import fits_packed, trie_inputs
 from editscope.models.hooks import capture_inputs, capture_outputs, gather_rows, output_hidden
 from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
@@ -71,28 +72,32 @@ def compute_keys(
     layers: Sequence[int],
     requests: Sequence[EditRequest],
     templates: Sequence[str],
+    *,
+    packed: bool = True,
 ) -> dict[int, Tensor]:
     """k* per layer: ``{layer: Float[Tensor, "d_mlp n_requests"]}``, averaged over ``templates``.
 
-    One forward pass for all layers, stopped after the deepest one.
+    One forward pass for all layers, stopped after the deepest one. A key depends only on the
+    tokens up to the subject's last one, so with ``packed`` (where exact, see
+    :func:`~editscope.linalg.zpass.fits_packed`) only those run, each token they share once
+    (:func:`~editscope.linalg.zpass.trie_inputs`); otherwise whole left-padded prompts.
     """
-    device = input_device(model)
     prompts, ends = contextual_prompts(requests, templates)
-    batch = positioned_batch(tokenizer, prompts, ends, [None] * len(prompts), device)
     paths = {layer: spec.module_path(layer, "mlp_out") for layer in layers}
-    captured = capture_inputs(
-        model,
-        list(paths.values()),
-        paths[max(layers)],
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-    )
+    rows = positioned_rows(tokenizer, prompts, ends, [None] * len(prompts))
+    heads = [tokens[: where + 1] for tokens, where in zip(rows.tokens, rows.where)]
+    if packed and fits_packed(model, max(len(h) for h in heads)):
+        at_subject = trie_inputs(model, heads, list(paths.values()), paths[max(layers)])
+    else:
+        device = input_device(model)
+        batch = positioned_batch(tokenizer, prompts, ends, [None] * len(prompts), device)
+        captured = capture_inputs(model, list(paths.values()), paths[max(layers)], input_ids=batch.input_ids,
+                                  attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
+        at_subject = {path: gather_rows(captured[path], batch.position) for path in paths.values()}
     keys = {}
     for layer, path in paths.items():
-        rows = gather_rows(captured[path], batch.position)  # [n * T, d_mlp]
-        keys[layer] = rows.reshape(len(requests), len(templates), -1).mean(dim=1).T.contiguous()
+        rows_k = at_subject[path]  # [n * T, d_mlp]
+        keys[layer] = rows_k.reshape(len(requests), len(templates), -1).mean(dim=1).T.contiguous()
     return keys
 
 

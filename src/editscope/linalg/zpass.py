@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 
 from editscope.evaluation.scoring import head_logits
 from editscope.linalg.positions import PositionedBatch, PositionedRows, positioned_batch, positioned_rows
-from editscope.models.hooks import StopForward, capture_outputs, gather_rows, hooks, output_hidden, replace_hidden
+from editscope.models.hooks import StopForward, capture_inputs, capture_outputs, gather_rows, hooks, output_hidden, replace_hidden
 from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
 
@@ -268,7 +268,12 @@ def packed_mask(model: PreTrainedModel, sees: Tensor, query_positions: Tensor, k
 
 
 def fits_prefix_cache(model: PreTrainedModel, rows: PositionedRows) -> bool:
-    """Whether :class:`CachedPrefix` computes exactly what :class:`FullRows` does for ``rows``.
+    """Whether :class:`CachedPrefix` computes exactly what :class:`FullRows` does for ``rows``."""
+    return fits_packed(model, max(len(t) for t in rows.tokens))
+
+
+def fits_packed(model: PreTrainedModel, longest: int) -> bool:
+    """Whether a packed pass (prefix trie, packed suffixes) is exact for rows of up to ``longest`` tokens.
 
     A packed pass sets every query's keys by its own masks: exact for full attention, and for
     sliding windows in models whose ``config.layer_types`` name them (each type gets its mask).
@@ -277,7 +282,25 @@ def fits_prefix_cache(model: PreTrainedModel, rows: PositionedRows) -> bool:
     window = getattr(model.base_model.config, "sliding_window", None)
     if not window or _layer_types(model) <= {"full_attention", "sliding_attention"} and _layer_types(model):
         return True
-    return max(len(t) for t in rows.tokens) < window
+    return longest < window
+
+
+@torch.no_grad()
+def trie_inputs(model: PreTrainedModel, sequences: Sequence[Sequence[int]], paths: Sequence[str], stop_after: str) -> dict[str, Tensor]:
+    """The first input of each module in ``paths`` at the last token of every sequence: ``{path: [sequences, d]}``.
+
+    The sequences run as one packed pass over their :class:`PrefixTrie`, so tokens they share (a
+    context template, a subject's leading tokens) are computed once; equal to running each sequence
+    whole, to float rounding. Callers check :func:`fits_packed` first.
+    """
+    trie = prefix_trie(sequences)
+    device = input_device(model)
+    depth = trie.depth.to(device)
+    mask = packed_mask(model, trie.sees.to(device), depth, depth, None)
+    captured = capture_inputs(model, list(paths), stop_after, input_ids=trie.tokens[None].to(device),
+                              position_ids=depth[None], attention_mask=mask, use_cache=False)
+    last = torch.tensor(trie.last, dtype=torch.long)
+    return {path: captured[path][0, last.to(captured[path].device)] for path in paths}
 
 
 class CachedPrefix:
