@@ -30,24 +30,26 @@ def _print_progress(label: str, done: int, total: int, metrics: dict[str, float]
 def cmd_demo(args: argparse.Namespace) -> int:
     from editscope.report import build_report
     from editscope.runs import execute
-    from editscope.runs.study import StudyConfig, study_runs
+    from editscope.runs.study import StudyConfig, side_by_side_jobs, study_runs
     from editscope.runs.summary import summarize_run
 
     edits = args.edits or (20 if args.quick else 100)
     study = StudyConfig(
-        editors=tuple(e for e in args.editors.split(",") if e), model=args.model, edits=edits, batch_size=args.batch_size,
-        every=args.every or edits, seed=args.seed, out=str(args.out),
+        editors=tuple(e for e in args.editors.split(",") if e), model=args.model, known_only=not args.all_facts, edits=edits,
+        batch_size=args.batch_size, every=args.every or edits, seed=args.seed, out=str(args.out),
         downstream_dir=str(args.downstream_dir) if args.downstream_dir else None, quick=args.quick,
     )
     configs = study_runs(study)  # every run is validated before the first starts
     start = time.perf_counter()
+    facts = "known facts" if study.known_only else "facts"
     for config in configs:
-        print(f"{config.editor}: {config.edits} edits of {config.data} on {config.model} -> {config.out}", flush=True)
-    if args.jobs > 1:
+        print(f"{config.editor}: {config.edits} edits of {config.data} {facts} on {config.model} -> {config.out}", flush=True)
+    jobs = side_by_side_jobs(len(configs)) if args.jobs is None else args.jobs
+    if jobs > 1:
         from editscope.runs.study import run_side_by_side
 
-        print(f"running side by side in {min(args.jobs, len(configs))} processes", flush=True)
-        run_side_by_side(configs, jobs=args.jobs, overwrite=args.overwrite, progress=_print_progress)
+        print(f"running side by side in {min(jobs, len(configs))} processes", flush=True)
+        run_side_by_side(configs, jobs=jobs, overwrite=args.overwrite, progress=_print_progress)
     else:
         for config in configs:
             execute(config, overwrite=args.overwrite, progress=progress_bar(config.edits, config.editor))
@@ -118,7 +120,9 @@ def add_study_commands(sub: Any) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")
     demo.add_argument("--downstream-dir", type=Path, default=None, metavar="DIR", help="few-shot GLUE/MMLU task files (adds downstream ability)")
-    demo.add_argument("--jobs", type=int, default=1, help="runs side by side in this many processes (CPU threads split between them)")
+    demo.add_argument("--jobs", type=int, default=None,
+                      help="runs side by side in this many processes, CPU threads split between them (default: one per run, up to the cores)")
+    demo.add_argument("--all-facts", action="store_true", help="edit every demo fact, not only those the model knows (needed beyond 154 edits on smollm2-135m)")
     demo.add_argument("--quick", action="store_true", help="smoke check: 20 edits, smaller instrument settings")
     demo.add_argument("--overwrite", action="store_true", help="replace run folders made with other settings")
     demo.add_argument("--json", action="store_true", help="print the summary rows as JSON")

@@ -282,7 +282,7 @@ def test_demo_ends_by_writing_the_report(runs, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(editscope.runs, "execute", fake_execute)
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--edits", "20"]) == 0
+    assert main(["demo", "--out", str(out), "--edits", "20", "--jobs", "1"]) == 0
     printed = capsys.readouterr().out
     assert f"Report: {out / 'report' / REPORT_HTML}" in printed
     page = (out / "report" / REPORT_HTML).read_text()

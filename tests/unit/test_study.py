@@ -65,6 +65,8 @@ def test_study_runs_share_edits_and_validate_everything():
     assert {r.seed for r in runs} == {0} and {r.edits for r in runs} == {30}
     assert [r.out for r in runs] == ["/tmp/study/memit", "/tmp/study/encore"]
     assert "downstream" not in runs[0].instruments
+    assert all(r.known_only for r in runs)  # facts the model knows, as CounterFact's are
+    assert not study_runs(StudyConfig(known_only=False))[0].known_only
     quick = study_runs(StudyConfig(quick=True, downstream_dir=str(shared_data("knowledge_editing_glue_eval/jsonl"))))
     assert quick[0].instrument_config["downstream"]["n_examples"] == 20
     assert "downstream" in quick[0].instruments
@@ -81,3 +83,12 @@ def test_unchanged_downstream_accuracy_prints_as_zero_not_float_noise():
     assert statistics.fmean([100 * (0.72 - 0.74), 100 * (0.43 - 0.44), 100 * (0.71 - 0.68)]) != 0.0  # the noise guarded against
     row = summarize_records([first, last])
     assert row["downstream_acc_change_pts"] == 0.0 and format_value(row["downstream_acc_change_pts"]) == "0"
+
+
+def test_side_by_side_jobs_follow_the_cores(monkeypatch):
+    import editscope.runs.study as study
+
+    monkeypatch.setattr(study, "available_cores", lambda: 2)
+    assert study.side_by_side_jobs(2) == 2 and study.side_by_side_jobs(5) == 2 and study.side_by_side_jobs(1) == 1
+    monkeypatch.setattr(study, "available_cores", lambda: 1)
+    assert study.side_by_side_jobs(2) == 1

@@ -53,6 +53,10 @@ class Instrument(ABC):
         """
         return None
 
+    def warm_cache(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Compute and cache on disk what :meth:`baseline` would read back (before several runs start
+        side by side, so they do not each compute the same thing). Default: nothing is cached."""
+
     @abstractmethod
     def measure(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
         """Flat metric keys -> values for the model as it is now."""

@@ -197,6 +197,11 @@ class DownstreamAbility(Instrument):
                 atomic_write_json(reference_path(key), self._reference)
         return self.scores(self._reference)
 
+    def warm_cache(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Cache the unedited model's predictions (a no-op where they are cached or caching is off)."""
+        if self.config.cache_reference:
+            self.baseline(model, tokenizer)
+
     def measure(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
         if not self._reference:
             raise RuntimeError("downstream: baseline() must run on the unedited model first")
