@@ -33,7 +33,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from editscope.runs.study import StudyConfig, side_by_side_jobs, study_runs
     from editscope.runs.summary import summarize_run
 
-    edits = args.edits or (20 if args.quick else 100)
+    edits = args.edits or (20 if args.quick else StudyConfig.edits)
     study = StudyConfig(
         editors=tuple(e for e in args.editors.split(",") if e), model=args.model, known_only=not args.all_facts, edits=edits,
         batch_size=args.batch_size, every=args.every or edits, seed=args.seed, out=str(args.out),
@@ -114,7 +114,7 @@ def add_study_commands(sub: Any) -> None:
     demo = sub.add_parser("demo", help="the study that shows the phenomenon: MEMIT against ENCORE, sequential edits, summary table")
     demo.add_argument("--editors", default="memit,encore", help="comma-separated editors compared")
     demo.add_argument("--model", default="smollm2-135m")
-    demo.add_argument("--edits", type=int, default=None, help="edits per run (default 100; --quick 20)")
+    demo.add_argument("--edits", type=int, default=None, help="edits per run (default 50; --quick 20)")
     demo.add_argument("--batch-size", type=int, default=10)
     demo.add_argument("--every", type=int, default=None, help="checkpoint interval (default: only the first and last)")
     demo.add_argument("--seed", type=int, default=0)
