@@ -1,7 +1,10 @@
 """One batch of edits on the bundled model: efficacy, paraphrase and neighborhood per editor, and seconds.
 
 Usage: python benchmarks/efficacy_check.py [--editors memit,encore] [--edits 10] [--stats-samples 1000]
-                                           [--set KEY=VALUE ...] [--json]
+                                           [--data FILE] [--set KEY=VALUE ...] [--json]
+
+The edits are the first ``--edits`` demo facts the model knows, or the first records of ``--data``
+(a CounterFact / zsRE / own JSONL file).
 
 ``--set`` overrides a hyperparameter of every listed editor (e.g. ``--set norm_weight=30``).
 
@@ -38,6 +41,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--editors", default="memit,emmet,alphaedit,encore,rome,lora,ft,ft-l")
     parser.add_argument("--edits", type=int, default=10)
+    parser.add_argument("--data", default=None, help="edit file (default: demo facts the model knows)")
     parser.add_argument("--stats-samples", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
     parser.add_argument("--json", action="store_true")
@@ -45,7 +49,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     lm = load(args.model)
     machine = machine_record(lm.model, lm.tokenizer)
-    requests = [r for r in load_requests("demo") if r.meta.get(f"known/{args.model}", {}).get("rank") == 1][: args.edits]
+    if args.data:
+        requests = load_requests(args.data)[: args.edits]
+    else:
+        requests = [r for r in load_requests("demo") if r.meta.get(f"known/{args.model}", {}).get("rank") == 1][: args.edits]
     before = edit_scores(lm.model, lm.tokenizer, requests)
     results = []
     for name in args.editors.split(","):

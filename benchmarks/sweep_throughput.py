@@ -57,7 +57,7 @@ def sweep_file(root: Path, model: Path, name: str, runs: int, edits: int, num_cp
     data = {
         "base": {
             "model": str(model), "edits": edits, "batch_size": 5, "every": 5,
-            "editor_config": {"layers": [1, 2], "context_prefixes": 0, "stats_samples": 200, "stats_seq_len": 32, "z": {"steps": 20}, "mom2_update_weight": 10.0},
+            "editor_config": {"layers": [1, 2], "context_lengths": [], "stats_samples": 200, "stats_seq_len": 32, "z": {"steps": 20}, "mom2_update_weight": 10.0},
             "instruments": ["weights", "activations", "edit_quality"],
             "instrument_config": {"activations": {"n_texts": 4, "seq_len": 32}, "edit_quality": {"retention_sample": 5, "generation_prompts": 2, "generation_tokens": 8}},
         },

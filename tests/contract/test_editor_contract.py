@@ -23,7 +23,7 @@ from editscope.models import tiny_model
 from editscope.types import EditRequest
 
 # Settings for tiny random models: layers 1-2 of 4, few steps, small statistics.
-_LOCATE = {"context_prefixes": 0, "stats_samples": 200, "stats_seq_len": 32, "z": {"steps": 30, "weight_decay": 1e-3}}
+_LOCATE = {"context_lengths": [], "stats_samples": 200, "stats_seq_len": 32, "z": {"steps": 30, "weight_decay": 1e-3}}
 TINY_OVERRIDES: dict[str, dict] = {
     "memit": {**_LOCATE, "layers": [1, 2], "mom2_update_weight": 10.0},
     "emmet": {**_LOCATE, "layers": [1, 2], "mom2_update_weight": 10.0},

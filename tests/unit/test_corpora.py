@@ -75,3 +75,18 @@ def test_bad_sources_are_clear(tmp_path):
         load_corpus("model-sampled")
     with pytest.raises(DataError, match="expected hf:"):
         load_corpus("hf:onlyname")
+
+
+def test_default_without_the_calibration_package_is_an_error_not_sampled_text(monkeypatch):
+    """Falling back to model-sampled text would change C0 and every locate-and-edit result with a log line only."""
+    from editscope.data import corpora
+
+    def missing(name):
+        raise DataError(f"bundled:{name}", None, None, "package exllamav2 is not installed")
+
+    monkeypatch.setattr(corpora, "calibration_file", missing)
+    model, tok, _ = tiny_model("llama")
+    with pytest.raises(DataError, match="model-sampled' text explicitly"):
+        load_corpus("default", model=model, tokenizer=tok)
+    sampled = load_corpus("model-sampled", model=model, tokenizer=tok, max_texts=2, sample_tokens=8, min_chars=1)
+    assert sampled.metadata["kind"] == "model-sampled"

@@ -88,3 +88,17 @@ def test_latest_batch_is_scored_separately():
     both = instrument.measure(model, tok)
     assert "edit/entropy" not in both
     assert both["edit/retention_n"] == 3.0
+
+
+def test_targets_compare_per_token_as_counterfact_does(monkeypatch):
+    """A two-token target at -1.5 nats a token beats a one-token one at -2.0 (CounterFact's mean NLL);
+    a sum of log-probabilities (-3.0 against -2.0) would pick the short one."""
+    from editscope.evaluation import edit_metrics
+    from editscope.evaluation.edit_quality import prefers
+    from editscope.evaluation.scoring import TargetScore
+
+    long = TargetScore(-3.0, -1.5, 1, False, 2, 0)
+    short = TargetScore(-2.0, -2.0, 1, False, 1, 0)
+    assert prefers({("p", "long"): long, ("p", "short"): short}, "p", "long", "short")
+    monkeypatch.setattr(edit_metrics, "score_targets", lambda model, tok, prompts, targets: [long if t == "long" else short for t in targets])
+    assert edit_metrics.preference(None, None, ["p"], ["long"], ["short"]) == 1.0

@@ -32,10 +32,17 @@ def random_problem(d_out=12, d_in=20, n=4, n0=200, seed=0):
 
 def test_rome_rank_one_writes_value_exactly():
     w, k, r, c0, _ = random_problem()
+    b = torch.randn(w.shape[0], dtype=torch.float64)
     v = torch.randn(w.shape[0], dtype=torch.float64)
-    dw = rome_rank_one(w, k[:, 0], v, c0)
-    torch.testing.assert_close((w + dw) @ k[:, 0], v)
+    k_avg, k_bare = k[:, 0], k[:, 1]
+    dw = rome_rank_one(k_avg, k_bare, v - (w @ k_bare + b), c0)  # ROME: u from the averaged key, solved at the bare one
+    torch.testing.assert_close((w + dw) @ k_bare + b, v)
     assert torch.linalg.matrix_rank(dw) == 1
+    u = torch.linalg.solve(c0, k_avg)  # the update's row space is u = C0^{-1} k_avg
+    x = torch.randn(w.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(dw @ (x - (x @ u) / (u @ u) * u), torch.zeros(w.shape[0], dtype=torch.float64))
+    dw_r = rome_rank_one(k_avg, k_avg, v - (w @ k_avg + b), c0)  # r-ROME: the averaged key in both
+    torch.testing.assert_close((w + dw_r) @ k_avg + b, v)
 
 
 def test_memit_lambda_to_zero_is_least_squares():
@@ -65,6 +72,37 @@ def test_emmet_satisfies_the_equality_constraint():
     torch.testing.assert_close(dw @ k, r)
     expected = r @ torch.linalg.inv(k.T @ torch.linalg.inv(c0) @ k) @ k.T @ torch.linalg.inv(c0)
     torch.testing.assert_close(dw, expected)
+
+
+def _emmet_with_statistics(c0, **config):
+    from editscope.editors.emmet import Emmet, EmmetConfig
+
+    editor = Emmet(EmmetConfig(layers=(0,), **config))
+    editor._c0 = {0: c0}
+    editor.on_statistics()
+    return editor
+
+
+def test_emmet_adds_eps_only_to_batches_of_several_and_earlier_edits_to_c():
+    """unified-model-editing adds eps only when the batch has more than one request: a single edit is
+    then written exactly whatever eps; encore's sequential EMMET adds earlier edits' Kp Kp^T to C."""
+    w, k, r, c0, _ = random_problem(n=3)
+    editor = _emmet_with_statistics(c0, mom2_update_weight=2.0, eps=5.0)
+    single = editor.layer_update(0, r[:, :1], k[:, :1])
+    torch.testing.assert_close(single @ k[:, :1], r[:, :1])  # old rule (eps always): off by the ridge
+    batch = editor.layer_update(0, r, k)
+    c_inv = torch.linalg.inv(2.0 * c0)
+    torch.testing.assert_close(batch, r @ torch.linalg.inv(k.T @ c_inv @ k + 5.0 * torch.eye(3, dtype=k.dtype)) @ k.T @ c_inv)
+    editor._pending = {0: k}
+    editor.commit([], None)
+    later_k, later_r = k[:, :2] + 0.1, r[:, :2]
+    c = 2.0 * c0 + k @ k.T
+    expected = later_r @ torch.linalg.inv(later_k.T @ torch.linalg.inv(c) @ later_k + 5.0 * torch.eye(2, dtype=k.dtype)) @ later_k.T @ torch.linalg.inv(c)
+    torch.testing.assert_close(editor.layer_update(0, later_r, later_k), expected)
+    plain = _emmet_with_statistics(c0, mom2_update_weight=2.0, eps=5.0, add_prev_edits=False)
+    plain._pending = {0: k}
+    plain.commit([], None)
+    assert not torch.allclose(plain.layer_update(0, later_r, later_k), expected)
 
 
 def test_alphaedit_update_preserves_null_space_keys():
@@ -124,18 +162,33 @@ def test_statistics_cache_round_trip_and_corruption(tmp_path, monkeypatch):
 
 
 REQUEST = EditRequest(id="a", prompt="The capital of {} is", subject="France", target_new="Rome", target_true="Paris")
-TINY = {"context_prefixes": 2, "prefix_tokens": 4, "stats_samples": 20, "stats_seq_len": 32, "z": {"steps": 10, "weight_decay": 1e-3}}
+TINY = {"context_lengths": [[12, 5]], "stats_samples": 20, "stats_seq_len": 32, "z": {"steps": 10, "weight_decay": 1e-3}}
 
 
+@pytest.mark.parametrize("consistent_key", [False, True])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_rome_editor_writes_v_star_at_k_star(arch):
+def test_rome_editor_writes_v_star_at_k_star(arch, consistent_key):
+    """The edited MLP output at the key ROME solves at is v*: the bare prompt's key (ROME) or the
+    averaged one (r-ROME). GPT-2's c_proj gets a random bias first: the bias is part of the current
+    output on both sides of the solve, so the edit writes v*, not v* + b."""
     model, tok, spec = tiny_model(arch)
-    editor = build_editor("rome", {**TINY, "layers": [1]})
+    module = model.get_submodule(spec.module_path(1, "mlp_out"))
+    if getattr(module, "bias", None) is not None:
+        with torch.no_grad():
+            module.bias.copy_(torch.randn(module.bias.shape, generator=torch.Generator().manual_seed(1)))
+    editor = build_editor("rome", {**TINY, "layers": [1], "context_lengths": [[6, 3]], "consistent_key": consistent_key})
     delta = editor.compute_delta(model, tok, [REQUEST])
+    assert len(editor._templates) == 4
     k, v = editor.last_vectors[0]
+    bias = module.bias.detach().double() if getattr(module, "bias", None) is not None else 0.0
     w = spec.as_out_in(model.get_parameter(spec.weight_name(1))).double()
     dw = spec.as_out_in(delta.deltas[spec.weight_name(1)]).double()
-    torch.testing.assert_close((w + dw) @ k.double(), v.double(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((w + dw) @ k.double() + bias, v.double(), rtol=1e-4, atol=1e-4)
+    from editscope.linalg.keys import compute_keys
+
+    bare = compute_keys(model, tok, spec, [1], [REQUEST], ("{}",))[1][:, 0]
+    averaged = compute_keys(model, tok, spec, [1], [REQUEST], editor._templates, average="uniform")[1][:, 0]
+    torch.testing.assert_close(k, averaged if consistent_key else bare)
 
 
 def test_alphaedit_editor_delta_is_orthogonal_to_preserved_keys():
@@ -183,7 +236,7 @@ def _residual_miss(arch_model, editor_name: str, map_through_norm: bool, monkeyp
         monkeypatch.setattr(locate, "prenorm_residual", lambda current, normed, share, gain: share)
     # clamp 0.1: a residual change the block's normed output (||norm(m)|| = 8 against ||h|| = 22) can reach
     z_config = {**TINY["z"], "clamp_norm_factor": 0.1}
-    editor = build_editor(editor_name, {**TINY, "context_prefixes": 0, "layers": [2], "mom2_update_weight": 1e-6, "z": z_config})
+    editor = build_editor(editor_name, {**TINY, "context_lengths": [], "layers": [2], "mom2_update_weight": 1e-6, "z": z_config})
     delta = editor.compute_delta(model, tok, [REQUEST])
     z = compute_z(model, tok, spec, 2, [REQUEST], editor._templates, editor.config.z).z
     before = compute_site_values(model, tok, spec, 2, [REQUEST])

@@ -22,7 +22,7 @@ from editscope.models.placement import input_device, place_model, resolve_device
 from editscope.runs import RunStore, SequentialRun, execute, load_run_config, select_requests
 from editscope.sweep.task import torch_threads
 
-TINY_MEMIT = {"layers": [1, 2], "context_prefixes": 0, "stats_samples": 100, "stats_seq_len": 32, "z": {"steps": 10, "autocast": None}, "mom2_update_weight": 10.0}
+TINY_MEMIT = {"layers": [1, 2], "context_lengths": [], "stats_samples": 100, "stats_seq_len": 32, "z": {"steps": 10, "autocast": None}, "mom2_update_weight": 10.0}
 INSTRUMENTS = ["weights", "activations", "subspace", "edit_quality", "perplexity"]
 INSTRUMENT_CONFIG = {
     "activations": {"n_texts": 4, "seq_len": 32},

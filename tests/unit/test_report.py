@@ -35,7 +35,7 @@ ALL_FIGURES = {f.name for f in FIGURES}
 
 
 def _run(model: Path, out: Path, editor: str, seed: int = 0) -> Path:
-    hparams = {"context_prefixes": 0, "stats_samples": 200, "stats_seq_len": 32, "z": {"steps": 20}, **TINY_EDITORS[editor]}
+    hparams = {"context_lengths": [], "stats_samples": 200, "stats_seq_len": 32, "z": {"steps": 20}, **TINY_EDITORS[editor]}
     config = load_run_config(
         None,
         {
@@ -107,6 +107,7 @@ def test_report_from_one_run(full_run, tmp_path):
     page = _check_files(html, ALL_FIGURES)
     assert "Not drawn" not in page
     assert "finished: 20 edits" in page and "<details><summary>memit: config.yaml</summary>" in page
+    assert "<th>statistics corpus</th>" in page and "bundled:wiki (count " in page
     assert "edited ||W|| growth %" in page and "downstream acc change pts" in page  # the summary table of runs.summary
     assert "<script" not in page and "http://" not in page and "https://" not in page  # self-contained
 

@@ -19,7 +19,7 @@ from editscope.runs.schedule import batch_ends, checkpoints
 from editscope.sweep.task import torch_threads
 
 TINY_MEMIT = {
-    "layers": [1, 2], "context_prefixes": 0, "stats_samples": 200, "stats_seq_len": 32,
+    "layers": [1, 2], "context_lengths": [], "stats_samples": 200, "stats_seq_len": 32,
     "z": {"steps": 20}, "mom2_update_weight": 10.0,
 }
 FAST_INSTRUMENTS = {
@@ -78,6 +78,9 @@ def test_run_folder_follows_the_contract(finished_run):
     assert saved["digest"] == config.digest()
     assert saved["resolved"]["editor"]["mom2_update_weight"] == 10.0
     assert saved["resolved"]["editor"]["z"]["lr"] > 0  # shipped/class defaults recorded too
+    stats = saved["resolved"]["corpora"]["editor.stats_corpus"]  # the corpus C0 came from, resolved
+    assert stats["resolved"] == "bundled:wiki" and stats["kind"] == "bundled" and len(stats["fingerprint"]) == 16
+    assert saved["resolved"]["corpora"]["instruments.activations.corpus"]["fingerprint"] == stats["fingerprint"]
     deltas = load_file(str(folder / "state" / "deltas.safetensors"))
     assert sorted(deltas) == ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]
     assert torch.linalg.vector_norm(deltas[edited]).item() == pytest.approx(last[f"weight/{edited}/delta_fro"], rel=1e-5)

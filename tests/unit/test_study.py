@@ -50,6 +50,13 @@ def test_summary_from_first_and_last_record():
     assert rows["efficacy"] == 0.9 and rows["edit_score"] == 0.8
     assert rows["downstream_acc_change_pts"] == pytest.approx(-10.0)
     assert rows["ppl_change_pct"] == pytest.approx(50.0)
+    assert math.isnan(rows["fluency_x100"])
+
+
+def test_fluency_is_reported_on_the_papers_scale():
+    """Entropy in bits, and x100 as the papers' tables print it (6.22 bits -> 622)."""
+    row = summarize_records([{"edits": 0, "metrics": {"edit/entropy": 6.3}}, {"edits": 10, "metrics": {"edit/entropy": 6.22}}])
+    assert row["fluency_x100"] == pytest.approx(622.0)
 
 
 def test_summary_of_a_run_without_optional_instruments():

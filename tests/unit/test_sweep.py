@@ -21,7 +21,7 @@ from editscope.config import ConfigError
 from editscope.sweep import SweepConfig, expand, load_sweep_config, run_sweep
 from editscope.sweep.task import torch_threads
 
-TINY_EDITOR = {"layers": [1, 2], "context_prefixes": 0, "stats_samples": 200, "stats_seq_len": 32, "z": {"steps": 20}, "mom2_update_weight": 10.0}
+TINY_EDITOR = {"layers": [1, 2], "context_lengths": [], "stats_samples": 200, "stats_seq_len": 32, "z": {"steps": 20}, "mom2_update_weight": 10.0}
 INSTRUMENTS = ["weights", "activations", "edit_quality"]
 INSTRUMENT_CONFIG = {
     "activations": {"n_texts": 4, "seq_len": 32},

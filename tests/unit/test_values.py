@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import replace
 
 import pytest
@@ -35,7 +36,7 @@ def staggered_stop(model, tok, spec, layer, site="residual") -> float:
 def test_batched_z_equals_each_request_alone(arch, site, layer, mpes, one_thread):
     model, tok, spec = tiny_model(arch)
     stop = staggered_stop(model, tok, spec, layer, site)
-    config = ZConfig(steps=12, lr=0.5, loss_stop=stop, mpes=mpes, mpes_extra_steps=1, autocast=None, weight_decay=1e-3)
+    config = ZConfig(steps=12, lr=0.5, loss_stop=stop, mpes=mpes, mpes_hits=2, autocast=None, weight_decay=1e-3)
     batched = compute_z(model, tok, spec, layer, REQUESTS, TEMPLATES, config, site=site)
     alone = [compute_z(model, tok, spec, layer, [r], TEMPLATES, config, site=site) for r in REQUESTS]
     if not mpes:  # with a random model target_new is never the argmax, so MPES runs every step
@@ -108,7 +109,7 @@ def test_prefix_cache_z_equals_whole_rows(arch, site, layer, mpes, one_thread):
     rounding. The same optimization in whole rows with another summation order moves them too.)"""
     model, tok, spec = tiny_model(arch)
     stop = staggered_stop(model, tok, spec, layer, site)
-    config = ZConfig(steps=10, lr=0.5, loss_stop=stop, mpes=mpes, mpes_extra_steps=1, autocast=None, weight_decay=1e-3, kl_factor=0.5)
+    config = ZConfig(steps=10, lr=0.5, loss_stop=stop, mpes=mpes, mpes_hits=2, autocast=None, weight_decay=1e-3, kl_factor=0.5)
     cached = compute_z(model, tok, spec, layer, REQUESTS, PREFIX_TEMPLATES, config, site=site)
     whole = compute_z(model, tok, spec, layer, REQUESTS, PREFIX_TEMPLATES, replace(config, prefix_cache=False), site=site)
     assert cached.steps == whole.steps
@@ -177,3 +178,60 @@ def test_packed_keys_equal_whole_prompts(arch, one_thread):
     for layer in layers:
         assert packed[layer].shape == (spec.mlp_out_weight(model, layer).shape[1], len(REQUESTS))
         assert relative_difference(packed[layer], whole[layer]) < 1e-6, layer
+
+
+def test_stop_rule_counts_hits_keeps_the_loss_stop_and_caps_optimizer_steps():
+    """The reference ``compute_z`` rules, where the old ones gave other stopping steps."""
+    from editscope.linalg.values import stop_rule
+
+    def run(hit_pattern, losses, config):
+        hits = 0
+        for step, (hit, loss) in enumerate(zip(hit_pattern, losses)):
+            hits, done = stop_rule(hits, hit, loss, step, config)
+            if done:
+                return step
+        return None
+
+    mpes = ZConfig(steps=10, mpes=True, mpes_hits=3)
+    # hits need not be consecutive: the 3rd hit (step 4) stops it; a countdown from the first hit stopped at step 3
+    assert run([True, False, True, False, True, True], [9.0] * 6, mpes) == 4
+    # MPES keeps the total-loss stop (the old MPES dropped it)
+    assert run([False, False], [9.0, 0.01], mpes) == 1
+    # at most steps - 1 optimizer steps: the last pass stops before its step
+    assert run([False] * 10, [9.0] * 10, ZConfig(steps=10)) == 9
+    assert run([True] * 10, [0.049], ZConfig(steps=10, loss_stop=5e-2)) == 0  # the loss is the total, checked at once
+
+
+def test_mpes_skips_the_bare_prompt_and_kl_is_edited_against_unedited():
+    from editscope.linalg.values import kl_divergence, mpes_checked
+
+    assert mpes_checked(6).tolist() == [False, True, True, True, True, True] and mpes_checked(1).tolist() == [True]
+    p, q = torch.tensor([0.5, 0.5]).log(), torch.tensor([0.9, 0.1]).log()
+    assert float(kl_divergence(p, q)) == pytest.approx(0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1))  # 0.511
+    assert float(kl_divergence(q, p)) == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2))  # 0.368: the old direction
+
+
+def test_z_takes_at_most_steps_minus_one_optimizer_steps(one_thread):
+    model, tok, spec = tiny_model("llama")
+    once = compute_z(model, tok, spec, 2, REQUESTS[:1], TEMPLATES, ZConfig(steps=1, loss_stop=-1.0, autocast=None))
+    assert once.steps == (0,)
+    torch.testing.assert_close(once.z, once.h)  # one pass, no step: z* = h
+    three = compute_z(model, tok, spec, 2, REQUESTS[:1], TEMPLATES, ZConfig(steps=3, loss_stop=-1.0, autocast=None))
+    assert three.steps == (2,) and not torch.allclose(three.z, three.h)
+
+
+def test_keys_average_the_bare_prompt_against_the_prefixed_group(one_thread):
+    """MEMIT's compute_ks: k = 1/2 k_bare + 1/2 mean(k_prefixed) (the old flat mean gave k_bare 1/T)."""
+    from editscope.linalg.keys import compute_keys, template_weights
+
+    assert template_weights(6, "groups").tolist() == pytest.approx([0.5] + [0.1] * 5)
+    assert template_weights(6, "uniform").tolist() == pytest.approx([1 / 6] * 6)
+    model, tok, spec = tiny_model("llama")
+    one = {t: compute_keys(model, tok, spec, [1], REQUESTS, (t,))[1] for t in PREFIX_TEMPLATES}
+    grouped = compute_keys(model, tok, spec, [1], REQUESTS, PREFIX_TEMPLATES)[1]
+    bare, prefixed = one[PREFIX_TEMPLATES[0]], [one[t] for t in PREFIX_TEMPLATES[1:]]
+    torch.testing.assert_close(grouped, 0.5 * bare + 0.5 * sum(prefixed) / len(prefixed), rtol=1e-5, atol=1e-6)
+    flat = (bare + sum(prefixed)) / len(PREFIX_TEMPLATES)
+    assert relative_difference(grouped, flat) > 1e-3
+    uniform = compute_keys(model, tok, spec, [1], REQUESTS, PREFIX_TEMPLATES, average="uniform")[1]
+    torch.testing.assert_close(uniform, flat, rtol=1e-5, atol=1e-6)

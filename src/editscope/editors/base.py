@@ -51,6 +51,12 @@ class EditorConfig:
 
     layers: tuple[int, ...] = (4, 5, 6, 7, 8)
 
+    @classmethod
+    def derived(cls, n_layers: int, d_mlp: int) -> dict[str, Any]:
+        """Settings for a model without shipped hyperparameters, from its shape (``n_layers`` blocks,
+        MLPs ``d_mlp`` wide); see :mod:`editscope.editors.published`. Default: none (the class defaults)."""
+        return {}
+
 
 class Editor(ABC):
     """Base class of all editors; see the module docstring for the contract."""
@@ -123,11 +129,19 @@ def trainable(model: PreTrainedModel, names: Sequence[str]) -> Iterator[dict[str
 
 
 def default_config(editor: str, model_name: str | None) -> dict[str, Any]:
-    """The shipped hyperparameters for ``editor`` on a bundled model (``hparams/<editor>/<model>.yaml``), or ``{}``."""
+    """The shipped hyperparameters of ``editor`` for ``model_name`` (:mod:`editscope.editors.published`):
+    its ``hparams/<editor>/<key>.yaml``, else the rule on its shape where its ``config.json`` can be
+    read, else ``{}`` (the config class's defaults)."""
+    from editscope.editors.published import config_facts, hparams_key, shape_of
+
     if model_name is None:
         return {}
-    path = resources.files(__package__).joinpath("hparams", editor, f"{model_name}.yaml")
-    return load_yaml(str(path)) if path.is_file() else {}
+    facts = config_facts(model_name)
+    path = resources.files(__package__).joinpath("hparams", editor, f"{hparams_key(model_name, facts)}.yaml")
+    if path.is_file():
+        return load_yaml(str(path))
+    shape = shape_of(facts) if facts else None
+    return EDITORS.get(editor).config_class.derived(**shape) if shape else {}
 
 
 def build_editor(name: str, overrides: dict[str, Any] | None = None, *, model_name: str | None = None) -> Editor:

@@ -18,7 +18,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -26,7 +26,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.data.corpora import load_corpus
 from editscope.editors.base import Editor, EditorConfig
-from editscope.linalg.keys import bare_prompt_outputs, compute_keys, context_templates
+from editscope.linalg.keys import bare_prompt_outputs, compute_keys
+from editscope.linalg.templates import MEMIT_SEEDS, context_templates
 from editscope.linalg.postnorm import prenorm_residual, rms_gain
 from editscope.linalg.stats import second_moments
 from editscope.linalg.values import ZConfig, compute_z
@@ -43,9 +44,14 @@ class LocateConfig(EditorConfig):
 
     Attributes:
         z: the z* optimization (see :class:`~editscope.linalg.values.ZConfig`).
-        context_prefixes: random prefixes the keys and z* are averaged over (MEMIT: 5, plus the bare prompt).
-        prefix_tokens: length of each prefix in tokens (MEMIT: 10).
-        seed: seed for the prefixes.
+        context_lengths: ``(length, count)`` pairs of the texts sampled for the context templates,
+            length in tokens counting the seed text's (MEMIT's ``[(10, 5)]``; ROME's ``[[5, 10], [10, 10]]``;
+            see :mod:`editscope.linalg.templates`); empty: the bare prompt alone.
+        context_seeds: seed texts the sampled texts start from, ``count // len(seeds)`` each (MEMIT's
+            "The", "Therefore", "Because", "I", "You"); empty: the start-of-text token (ROME).
+        key_average: how keys are averaged over the templates (:data:`~editscope.linalg.keys.KEY_AVERAGES`):
+            ``groups``, half on the bare prompt (MEMIT's ``compute_ks``), or ``uniform`` (ROME's ``compute_u``).
+        seed: seed for sampling the context texts (the reference draws new ones every run).
         stats_corpus: text for C0 = E[k k^T] (``default``: the bundled Wikipedia sample; see data.corpora).
         stats_samples: documents used for C0 (MEMIT: 100,000 Wikipedia texts).
         stats_seq_len: tokens per sample for C0 (documents are cut into windows of this length).
@@ -55,13 +61,32 @@ class LocateConfig(EditorConfig):
     """
 
     z: ZConfig = field(default_factory=ZConfig)
-    context_prefixes: int = 5
-    prefix_tokens: int = 10
+    context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)
+    context_seeds: tuple[str, ...] = MEMIT_SEEDS
+    key_average: Literal["groups", "uniform"] = "groups"
     seed: int = 0
     stats_corpus: str = "default"
     stats_samples: int = 1000
     stats_seq_len: int = 256
     stats_autocast: str | None = "auto"
+
+    @classmethod
+    def derived(cls, n_layers: int, d_mlp: int) -> dict[str, Any]:
+        """Five consecutive MLPs from block ``n_layers / 8``, rounded (:mod:`editscope.editors.published`)."""
+        return {"layers": list(band(n_layers))}
+
+
+def band(n_layers: int, width: int = 5) -> range:
+    """The MEMIT family's edited blocks on a model of ``n_layers``: ``width`` from ``n_layers / 8``
+    rounded half up (Llama-3-8B's published 4-8 of 32; SmolLM2's measured 4-8 of 30; GPT-J's published
+    band, 3-8 of 28, starts one lower), cut at the last block."""
+    start = (n_layers + 4) // 8
+    return range(start, min(start + width, n_layers))
+
+
+def scaled_lambda(published: float, d_mlp: int, at_width: int = 16384) -> float:
+    """A C0 weight ``published`` for an MLP ``at_width`` wide (GPT-J's 16,384), scaled to ``d_mlp``."""
+    return round(published * d_mlp / at_width, 1)
 
 
 class LocateEditor(Editor):
@@ -93,7 +118,8 @@ class LocateEditor(Editor):
         if self._base_fingerprint is None:
             self._base_fingerprint = model_fingerprint(model)
         if self._templates is None:
-            self._templates = context_templates(model, tokenizer, self.config.context_prefixes, self.config.prefix_tokens, self.config.seed)
+            c = self.config
+            self._templates = context_templates(model, tokenizer, c.context_lengths, c.context_seeds, c.seed)
         if self.needs_c0 and set(self._c0) != set(self.config.layers):
             corpus = load_corpus(self.config.stats_corpus, model=model, tokenizer=tokenizer, seed=self.config.seed)
             self._c0 = second_moments(
@@ -120,7 +146,7 @@ class LocateEditor(Editor):
         self._pending = {}
         with preserved(model, [spec.weight_name(layer) for layer in layers]):
             for i, layer in enumerate(layers):
-                keys = compute_keys(model, tokenizer, spec, [layer], requests, self._templates)[layer]
+                keys = compute_keys(model, tokenizer, spec, [layer], requests, self._templates, average=self.config.key_average)[layer]
                 # one pass for the residual at the last layer and, where the block norms its MLP output,
                 # that output at this layer before and after the norm
                 resid_path = spec.layer_path(layers[-1])

@@ -2,7 +2,9 @@
 
 efficacy: P(target_new) > P(target_true) on the edit prompt; paraphrase: the same on paraphrases;
 neighborhood: neighbors still prefer their own answer over target_new. Each is the fraction of
-prompts for which it holds.
+prompts for which it holds. As kmeng01/memit's ``eval_utils_counterfact.py`` scores them, a
+target's probability is its length-normalized one: the mean log-probability of its tokens (a sum
+would favour the shorter target).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ def preference(
     preferred: Sequence[str],
     other: Sequence[str],
 ) -> float:
-    """Fraction of prompts where ``preferred[i]`` is more likely than ``other[i]`` (NaN for no prompts)."""
+    """Fraction of prompts where ``preferred[i]`` is more likely per token than ``other[i]`` (NaN for no prompts)."""
     if not prompts:
         return float("nan")
     a = score_targets(model, tokenizer, prompts, preferred)
     b = score_targets(model, tokenizer, prompts, other)
-    return sum(x.logprob > y.logprob for x, y in zip(a, b)) / len(prompts)
+    return sum(x.mean_logprob > y.mean_logprob for x, y in zip(a, b)) / len(prompts)
 
 
 def efficacy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest]) -> float:

@@ -101,4 +101,6 @@ def neighbor_pairs(request: EditRequest, neighbors: Sequence[NeighborhoodPrompt]
 
 
 def prefers(scores: dict[Pair, TargetScore], prompt: str, a: str, b: str) -> bool:
-    return scores[(prompt, a)].logprob > scores[(prompt, b)].logprob
+    """Whether target ``a`` is more likely than ``b`` after ``prompt`` per token: CounterFact's
+    length-normalized comparison (kmeng01/memit ``test_batch_prediction``: mean NLL per target token)."""
+    return scores[(prompt, a)].mean_logprob > scores[(prompt, b)].mean_logprob

@@ -1,7 +1,8 @@
 """Keys k*: the input of the edited MLP output projection at the subject's last token.
 
 ROME (Meng et al. 2022, eq. 3) and MEMIT (Meng et al. 2023, eq. 19 / Alg. 1 line 9) average the
-key over the prompt preceded by short random prefixes, so that it does not depend on one context.
+key over the prompt preceded by short texts sampled from the model (:mod:`editscope.linalg.templates`),
+so that it does not depend on one context.
 """
 
 from __future__ import annotations
@@ -17,40 +18,21 @@ from editscope.linalg.zpass import fits_packed, trie_inputs
 from editscope.models.hooks import capture_inputs, capture_outputs, gather_rows, output_hidden
 from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
-from editscope.precision import seeded
 from editscope.types import EditRequest
 
-PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You")
+KEY_AVERAGES = ("groups", "uniform")
+"""How keys are averaged over the templates (the bare one first): ``groups`` -- the bare template's key
+and the mean of the prefixed ones, half each (kmeng01/memit ``compute_ks``: a mean within each
+template group, then across groups); ``uniform`` -- one mean over all (kmeng01/rome ``compute_u``)."""
 
 
-@torch.no_grad()
-def context_templates(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n_prefixes: int, prefix_tokens: int, seed: int
-) -> tuple[str, ...]:
-    """``("{}", "<prefix>. {}", ...)``: the bare prompt plus ``n_prefixes`` sampled prefixes (MEMIT's context templates).
-
-    Prefixes are sampled from the model itself (temperature 1, top-k 5) starting from a few
-    common words, with a fixed seed and the caller's RNG state left alone.
-    """
-    templates = ["{}"]
-    if n_prefixes <= 0:
-        return tuple(templates)
-    device = input_device(model)
-    with seeded(device, seed):
-        for i in range(n_prefixes):
-            start = tokenizer(PREFIX_SEEDS[i % len(PREFIX_SEEDS)], return_tensors="pt", add_special_tokens=True)
-            out = model.generate(
-                input_ids=start["input_ids"].to(device),
-                attention_mask=start["attention_mask"].to(device),
-                do_sample=True,
-                top_k=5,
-                max_new_tokens=prefix_tokens,
-                min_new_tokens=prefix_tokens,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            )
-            text = tokenizer.decode(out[0], skip_special_tokens=True).replace("{", " ").replace("}", " ").strip()
-            templates.append(text + ". {}")
-    return tuple(templates)
+def template_weights(n_templates: int, average: str) -> Tensor:
+    """Each template's weight in a key (:data:`KEY_AVERAGES`), ``Float[Tensor, "templates"]``, summing to 1."""
+    if average not in KEY_AVERAGES:
+        raise ValueError(f"key average: unknown {average!r}; expected one of {', '.join(KEY_AVERAGES)}")
+    if average == "uniform" or n_templates == 1:
+        return torch.full((n_templates,), 1.0 / n_templates)
+    return torch.cat([torch.tensor([0.5]), torch.full((n_templates - 1,), 0.5 / (n_templates - 1))])
 
 
 def contextual_prompts(requests: Sequence[EditRequest], templates: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -73,9 +55,11 @@ def compute_keys(
     requests: Sequence[EditRequest],
     templates: Sequence[str],
     *,
+    average: str = "groups",
     packed: bool = True,
 ) -> dict[int, Tensor]:
-    """k* per layer: ``{layer: Float[Tensor, "d_mlp n_requests"]}``, averaged over ``templates``.
+    """k* per layer: ``{layer: Float[Tensor, "d_mlp n_requests"]}``, averaged over ``templates`` (the
+    bare one first) as ``average`` says (:data:`KEY_AVERAGES`).
 
     One forward pass for all layers, stopped after the deepest one. A key depends only on the
     tokens up to the subject's last one, so with ``packed`` (where exact, see
@@ -94,10 +78,11 @@ def compute_keys(
         captured = capture_inputs(model, list(paths.values()), paths[max(layers)], input_ids=batch.input_ids,
                                   attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
         at_subject = {path: gather_rows(captured[path], batch.position) for path in paths.values()}
+    weights = template_weights(len(templates), average)
     keys = {}
     for layer, path in paths.items():
-        rows_k = at_subject[path]  # [n * T, d_mlp]
-        keys[layer] = rows_k.reshape(len(requests), len(templates), -1).mean(dim=1).T.contiguous()
+        rows_k = at_subject[path].reshape(len(requests), len(templates), -1)  # [n, T, d_mlp]
+        keys[layer] = torch.einsum("ntd,t->dn", rows_k, weights.to(device=rows_k.device, dtype=rows_k.dtype)).contiguous()
     return keys
 
 

@@ -20,16 +20,18 @@ def _spd_solve(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.solve(a, b)
 
 
-def rome_rank_one(w: Tensor, k: Tensor, v: Tensor, c0: Tensor) -> Tensor:
-    """ROME (Meng et al. 2022, eq. 2) with r-ROME's consistent key (Gupta et al. 2024):
+def rome_rank_one(k_u: Tensor, k: Tensor, residual: Tensor, c0: Tensor) -> Tensor:
+    """ROME's rank-one update (Meng et al. 2022, eq. 2):
 
-        dW = (v* - W k*) (C0^{-1} k*)^T / ((C0^{-1} k*)^T k*)
+        dW = residual (C0^{-1} k_u)^T / ((C0^{-1} k_u)^T k)
 
-    so that (W + dW) k* = v* exactly. ``w`` [d_out, d_in], ``k`` [d_in], ``v`` [d_out], ``c0`` [d_in, d_in].
+    with ``residual`` = v* minus the projection's current output at key ``k`` (bias included), so
+    that the edited projection maps ``k`` to v*: dW k = residual. ROME takes ``k_u`` the averaged
+    key and ``k`` the bare prompt's; r-ROME both the averaged one. ``k_u``, ``k`` [d_in],
+    ``residual`` [d_out], ``c0`` [d_in, d_in] -> ``Float64[Tensor, "d_out d_in"]``.
     """
-    w, k, v = w.double(), k.double(), v.double()
-    left = _spd_solve(c0.double(), k[:, None])[:, 0]  # C0^{-1} k*
-    return torch.outer(v - w @ k, left) / (left @ k)
+    left = _spd_solve(c0.double(), k_u.double()[:, None])[:, 0]  # C0^{-1} k_u (ROME's u, unnormalized)
+    return torch.outer(residual.double(), left) / (left @ k.double())
 
 
 def memit_update(r: Tensor, k: Tensor, c0: Tensor, lam: float) -> Tensor:
@@ -39,15 +41,15 @@ def memit_update(r: Tensor, k: Tensor, c0: Tensor, lam: float) -> Tensor:
     return r @ _spd_solve(a, k).T
 
 
-def emmet_update(r: Tensor, k: Tensor, c0_factor: Tensor, eps: float) -> Tensor:
+def emmet_update(r: Tensor, k: Tensor, c_factor: Tensor, eps: float) -> Tensor:
     """EMMET (Gupta et al. 2024, equality-constrained batch editing):
 
-        dW = R (K^T C0^{-1} K + eps I)^{-1} K^T C0^{-1}
+        dW = R (K^T C^{-1} K + eps I)^{-1} K^T C^{-1}
 
-    ``c0_factor`` is the Cholesky factor of C0 (reused across batches: C0 does not change).
+    ``c_factor`` is the Cholesky factor of C (lambda C0, plus earlier edits' Kp Kp^T in sequential EMMET).
     """
     k, r = k.double(), r.double()
-    y = torch.cholesky_solve(k, c0_factor)  # C0^{-1} K  [d_in, n]
+    y = torch.cholesky_solve(k, c_factor)  # C^{-1} K  [d_in, n]
     m = k.T @ y + eps * torch.eye(k.shape[1], dtype=k.dtype, device=k.device)
     return r @ torch.linalg.solve(m, y.T)
 

@@ -5,17 +5,29 @@ prefixed prompt, at one site (the residual stream after the last edited block fo
 descendants, the MLP output for ROME):
 
     L(delta_i) = mean_prompts NLL(target_new | prompt, site += delta_i)
-                 + kl_factor * KL(P_0 || P_delta)  on the bare subject
+                 + kl_factor * KL(P_delta || P_0)  at the bare subject's last token
                  + weight_decay * ||delta_i|| / ||h_i||^2
 
-with ||delta_i|| clamped to ``clamp_norm_factor * ||h_i||``; then z_i = h_i + delta_i, with h_i the
-site's value for the bare prompt. All requests of a batch are optimized together: one forward and
-backward per step, each request with its own delta at its own positions (the losses are separable,
-so this equals optimizing them one by one). Blocks below the site, and every position before the
-subject's last token, do not depend on delta: they run once and each step runs only the rest of
-the rows on top of them (:mod:`editscope.linalg.zpass`). MPES (most-probable early stopping, ENCORE, Gupta et al. 2025):
-a request stops once target_new is the argmax at every target position of every prefixed prompt,
-after ``mpes_extra_steps`` more steps.
+with ||delta_i|| clamped to ``clamp_norm_factor * ||h_i||`` after every step; then z_i = h_i +
+delta_i, with h_i the site's value for the bare prompt. As the reference code (kmeng01/memit
+``compute_z``, kmeng01/rome ``compute_v``) does: the NLL of a prompt is the mean over its target
+tokens and the prompts weigh equally; the KL is the edited distribution's against the unedited
+one (``kl_div(p_0, p_delta)`` there); a request stops as soon as its total loss is below
+``loss_stop`` (checked before the step), and at most ``steps - 1`` optimizer steps are taken (the
+last pass only evaluates).
+
+MPES (most-probable early stopping, ENCORE, Gupta et al. 2025; scalable-model-editing/encore
+``compute_z``): a step counts as a hit when target_new is the argmax at every target position of
+every prefixed prompt (the bare prompt is not checked); the request stops at its ``mpes_hits``-th
+hit (hits need not be consecutive), the loss stop and the step cap still apply. (ENCORE's code
+tests ``num_correct == 5``, which is this rule for single-token targets; for longer targets its
+EMMET copy checks every token, as here.)
+
+All requests of a batch are optimized together: one forward and backward per step, each request
+with its own delta at its own positions (the losses are separable, so this equals optimizing them
+one by one). Blocks below the site, and every position before the subject's last token, do not
+depend on delta: they run once and each step runs only the rest of the rows on top of them
+(:mod:`editscope.linalg.zpass`).
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editscope.config import ConfigError
 from editscope.linalg.keys import contextual_prompts
 from editscope.linalg.zpass import z_pass
 from editscope.models.placement import input_device
@@ -42,17 +55,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ZConfig:
-    """Hyperparameters of the z* optimization.
+    """Hyperparameters of the z* optimization. Defaults are MEMIT's (kmeng01/memit
+    ``hparams/MEMIT/EleutherAI_gpt-j-6B.json``); ROME's differ in ``steps`` and ``clamp_norm_factor``.
 
     Attributes:
-        steps: maximum optimization steps (MEMIT ``v_num_grad_steps``: 20-25).
-        lr: Adam learning rate on delta (MEMIT ``v_lr``: 0.5).
-        kl_factor: weight of the KL term that keeps the subject's own prediction (ROME/MEMIT: 0.0625).
-        weight_decay: weight of ||delta|| / ||h||^2 (MEMIT ``v_weight_decay``: 0.5; ROME 1e-3 on GPT-2).
-        clamp_norm_factor: ||delta|| <= this * ||h|| (MEMIT ``clamp_norm_factor``: 0.75 on GPT-J, 4 on GPT-2 XL).
-        loss_stop: stop a request once its mean target NLL is below this, in nats (MEMIT: 5e-2).
-        mpes: most-probable early stopping (ENCORE) instead of the loss threshold.
-        mpes_extra_steps: steps taken after the MPES condition holds (ENCORE: a few).
+        steps: forward passes at most (``v_num_grad_steps``: 20 on GPT-2 XL, 25 on GPT-J and
+            Llama-3-8B); ``steps - 1`` optimizer steps at most.
+        lr: Adam learning rate on delta (``v_lr``: 0.5 in MEMIT's, ROME's and ENCORE's files; 0.1 in
+            AlphaEdit's Llama3-8B files).
+        kl_factor: weight of KL(P_delta || P_0) at the bare subject (``kl_factor``: 0.0625 in every file).
+        weight_decay: weight of ||delta|| / ||h||^2 (``v_weight_decay``: 0.5 in MEMIT's and ROME's
+            GPT-2 XL / GPT-J files; 1e-3 in AlphaEdit's Llama3-8B ROME file).
+        clamp_norm_factor: ||delta|| <= this * ||h|| (``clamp_norm_factor``: 0.75 in every MEMIT,
+            AlphaEdit, EMMET and ENCORE file; 4 in ROME's).
+        loss_stop: a request stops once its total loss (NLL + KL + weight decay) is below this, in
+            nats (5e-2, hard-coded in the reference ``compute_z``).
+        mpes: most-probable early stopping (ENCORE).
+        mpes_hits: MPES stops a request at its this-many-th hit, ENCORE's ``|prob_cutoff|`` (4 on
+            GPT-2 XL, 3 on Llama-2-7B, 2 on Llama-3-8B in scalable-model-editing/encore ``hparams/ENCORE``).
         autocast: precision of the forward/backward passes (:mod:`editscope.precision`): ``"auto"``
             (bf16 where the device runs it natively: about 3x faster on CPUs with AVX-512 BF16, target
             NLLs within a few hundredths of a nat of float32; float32 elsewhere, where bf16 ran 20-40x
@@ -67,12 +87,16 @@ class ZConfig:
     lr: float = 0.5
     kl_factor: float = 0.0625
     weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
+    clamp_norm_factor: float = 0.75
     loss_stop: float = 5e-2
     mpes: bool = False
-    mpes_extra_steps: int = 2
+    mpes_hits: int = 2
     autocast: str | None = "auto"
     prefix_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.mpes_hits < 1:
+            raise ConfigError(f"z: steps and mpes_hits must be >= 1, got steps={self.steps}, mpes_hits={self.mpes_hits}")
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,33 @@ class ZResult:
     h: Tensor
     steps: tuple[int, ...]
     final_nll: tuple[float, ...]
+
+
+def kl_divergence(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) over the last axis from log-probabilities: ``[..., vocab] -> [...]``.
+
+    z* takes p the edited and q the unedited distribution, KL(P_delta || P_0), as the reference
+    ``kl_div(kl_distr_init, kl_log_probs, log_target=True)`` computes (ROME eq. 4's D_KL(P_G' || P_G)).
+    """
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+def stop_rule(hits: int, hit: bool, loss: float, step: int, config: ZConfig) -> tuple[int, bool]:
+    """One request after the forward pass of ``step`` (0-based): its MPES hit count so far and whether
+    it stops now, before this step's optimizer step (the reference ``compute_z``'s three breaks):
+    at its ``mpes_hits``-th hit (hits need not be consecutive), when its total ``loss`` is below
+    ``loss_stop``, or at the last pass (so at most ``steps - 1`` optimizer steps)."""
+    hits += int(config.mpes and hit)
+    done = (config.mpes and hits >= config.mpes_hits) or loss < config.loss_stop or step == config.steps - 1
+    return hits, done
+
+
+def mpes_checked(n_templates: int) -> Tensor:
+    """Which rewriting rows (templates; the bare one first) MPES checks: every prefixed one (ENCORE's
+    ``log_probs[1:]`` drops the bare prompt), or the bare prompt where it is the only one."""
+    if n_templates == 1:
+        return torch.ones(1, dtype=torch.bool)
+    return torch.arange(n_templates) > 0
 
 
 def _site_path(spec: ModelSpec, layer: int, site: Literal["residual", "mlp_out"]) -> str:
@@ -130,9 +181,10 @@ def compute_z(
     optimizer = torch.optim.Adam([delta], lr=config.lr)
     kl_init = torch.zeros((n, 0), device=device)
     active = torch.ones(n, dtype=torch.bool, device=device)
-    steps = [config.steps] * n
-    extra = [-1] * n
+    steps = [config.steps - 1] * n
     nll = torch.zeros(n, device=device)
+    hits = [0] * n
+    checked = mpes_checked(t).to(device)
     stack, current = contextlib.ExitStack(), None
     with stack:
         for step in range(config.steps):
@@ -152,29 +204,20 @@ def compute_z(
                 kl_lp = torch.log_softmax(out.kl, dim=-1)  # the bare subject's last token
                 if step == 0:
                     kl_init = kl_lp.detach().clone()  # every request is active at step 0
-                base = kl_init[ids]
-                kl = (base.exp() * (base - kl_lp)).sum(dim=-1)
+                kl = kl_divergence(kl_lp, kl_init[ids])
                 decay = config.weight_decay * delta[ids].norm(dim=1) / h_norm[ids] ** 2
                 per_request = active_nll + config.kl_factor * kl + decay
             nll = nll.index_copy(0, ids, active_nll.detach())
             misses = (out.target.argmax(dim=-1) != out.target_ids).float()
-            hits = (torch.zeros(m * t, device=device).index_add_(0, out.target_row, misses) == 0).reshape(m, t).all(dim=1)
+            row_hit = (torch.zeros(m * t, device=device).index_add_(0, out.target_row, misses) == 0).reshape(m, t)
+            step_hit = row_hit[:, checked].all(dim=1)
             keep_going = torch.ones(m, dtype=torch.bool, device=device)
             for j, i in enumerate(ids.tolist()):
-                done = False
-                if config.mpes:
-                    if extra[i] < 0 and bool(hits[j]):
-                        extra[i] = config.mpes_extra_steps
-                    if extra[i] == 0:
-                        done = True
-                    elif extra[i] > 0:
-                        extra[i] -= 1
-                elif float(active_nll[j].detach()) < config.loss_stop:
-                    done = True
+                hits[i], done = stop_rule(hits[i], bool(step_hit[j]), float(per_request[j].detach()), step, config)
                 if done:
                     active[i] = False
                     keep_going[j] = False
-                    steps[i] = step
+                    steps[i] = step  # optimizer steps taken
             logger.debug("z step %d: nll %s delta %s active %d", step, [round(float(x), 3) for x in nll], [round(float(x), 3) for x in delta.detach().norm(dim=1)], int(active.sum()))
             if not bool(active.any()):
                 break

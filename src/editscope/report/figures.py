@@ -314,6 +314,8 @@ def perplexity(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
             plot_series(ax, xs, ys, style, color=color)
         if key == "edit/entropy":
             ax.set(title="generation fluency", ylabel="n-gram entropy (bits)")
+            papers = ax.secondary_yaxis("right", functions=(lambda bits: 100 * bits, lambda scaled: scaled / 100))
+            papers.set_ylabel("x100 (the papers' scale)")
         else:
             ax.set(title=f"held-out perplexity · {key.split('/', 1)[1]}", ylabel="perplexity")
             if values and min(values) > 0 and max(values) / min(values) > 30:

@@ -68,6 +68,16 @@ def _status(run: ReportRun) -> str:
     return f"finished: {run.edits_done} edits" if planned is not None else f"{run.edits_done} edits"
 
 
+def _stats_corpus(config: Mapping[str, Any]) -> str:
+    """The editor's statistics corpus as the run recorded it (``resolved.corpora``): source and fingerprint."""
+    corpus = ((config.get("resolved") or {}).get("corpora") or {}).get("editor.stats_corpus")
+    if not corpus:
+        return "-"
+    resolved = corpus.get("resolved", corpus.get("source", "?"))
+    details = ", ".join(f"{k} {corpus[k]}" for k in ("count", "fingerprint") if k in corpus)
+    return f"{resolved} ({details})" if details else str(resolved)
+
+
 def _runs_table(runs: Sequence[ReportRun]) -> str:
     rows = []
     for i, run in enumerate(runs):
@@ -77,10 +87,12 @@ def _runs_table(runs: Sequence[ReportRun]) -> str:
             f'<td><span class="swatch" style="background:{run_color(i)}"></span>{_e(run.name)}</td>'
             f'<td class="left">{_e(config.get("editor", "-"))}</td><td class="left">{_e(config.get("model", "-"))}</td>'
             f'<td class="left">{_status(run)}</td><td>{len(run.records)}</td>'
+            f'<td class="left">{_e(_stats_corpus(config))}</td>'
             f'<td class="left"><code>{_e(run.folder)}</code></td>'
             "</tr>"
         )
-    header = "<tr><th>run</th><th>editor</th><th>model</th><th>edits</th><th>checkpoints</th><th>folder</th></tr>"
+    header = ("<tr><th>run</th><th>editor</th><th>model</th><th>edits</th><th>checkpoints</th><th>statistics corpus</th>"
+              "<th>folder</th></tr>")
     return f'<div class="scroll"><table id="runs">{header}{"".join(rows)}</table></div>'
 
 

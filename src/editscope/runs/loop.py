@@ -13,7 +13,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.config import ConfigError, to_dict
 from editscope.data import load_requests
+from editscope.data.corpora import describe_corpus
 from editscope.editors import build_editor
 from editscope.instruments import Instrument
 from editscope.models.fingerprint import model_fingerprint
@@ -76,7 +77,24 @@ def resolved_settings(config: RunConfig) -> dict[str, Any]:
     """The editor's and instruments' complete settings (shipped defaults + the run's overrides)."""
     editor = build_editor(config.editor, dict(config.editor_config), model_name=config.model)
     instruments = {name: to_dict(inst.config) for name, inst in build_instruments(config).items() if hasattr(inst, "config")}
-    return {"editor": to_dict(editor.config), "instruments": instruments}
+    settings = {"editor": to_dict(editor.config), "instruments": instruments}
+    return {**settings, "corpora": corpora_used(settings)}
+
+
+def corpora_used(settings: Mapping[str, Any], where: str = "") -> dict[str, dict[str, Any]]:
+    """Every text corpus a run's settings name (keys ending in ``corpus``), resolved: ``{setting path: description}``.
+
+    Recorded in ``config.yaml`` because the corpus decides C0 and the text instruments' figures; a
+    corpus that cannot be resolved refuses the run before the model loads.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for key, value in settings.items():
+        path = f"{where}.{key}" if where else key
+        if isinstance(value, Mapping):
+            found.update(corpora_used(value, path))
+        elif key.endswith("corpus") and (value is None or isinstance(value, str)):
+            found[path] = describe_corpus(value)
+    return found
 
 
 def weights_digest(model: PreTrainedModel, names: Sequence[str]) -> str:

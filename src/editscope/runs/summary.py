@@ -35,6 +35,7 @@ COLUMNS: dict[str, str] = {
     "edit_score": "edit score",
     "downstream_acc_change_pts": "downstream acc change pts",
     "ppl_change_pct": "ppl change %",
+    "fluency_x100": "fluency (x100)",
 }
 
 
@@ -73,7 +74,14 @@ def summarize_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     row["downstream_acc_change_pts"] = round(statistics.fmean(changes), 9) + 0.0 if changes else math.nan
     ppl = [k for k in first if k.startswith("ppl/") and k in last]
     row["ppl_change_pct"] = statistics.fmean(_pct(last[k], first[k]) for k in ppl) if ppl else math.nan
+    row["fluency_x100"] = fluency_x100(last.get("edit/entropy", math.nan))
     return row
+
+
+def fluency_x100(entropy_bits: float) -> float:
+    """Generation n-gram entropy on the papers' scale: bits x 100 (kmeng01/memit ``summarize.py``
+    multiplies every metric by 100, so a fluency of 622 in their tables is 6.22 bits here)."""
+    return 100.0 * entropy_bits
 
 
 def summarize_run(folder: str | Path) -> dict[str, Any]:
