@@ -373,7 +373,7 @@ def test_reverse_kl_charges_a_lifted_unlikely_token_more_than_forward_kl():
 
 
 def test_target_lift_is_the_clamped_rise_of_the_new_object_where_it_parts_from_the_answer():
-    from editscope.evaluation.scoring import encode_pair, target_batch
+    from editscope.tokens import encode_pair, target_batch
 
     _, tok, _ = tiny_model("llama")  # a byte-level tokenizer: every answer starts with the same space token
     prompts = ["The capital of France is", "The capital of Spain is", "The capital of Italy is"]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from editscope.linalg.keys import compute_site_values, contextual_prompts
-from editscope.linalg.values import ZConfig, compute_z
 from editscope.linalg.positions import PositionedRows
+from editscope.linalg.values import ZConfig, compute_z
 from editscope.linalg.zpass import CachedPrefix, FullRows, pack_suffixes, prefix_trie
 from editscope.models import tiny_model
 from editscope.types import EditRequest

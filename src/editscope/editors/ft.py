@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.config import ConfigError
 from editscope.editors.base import Editor, EditorConfig, register_editor, trainable
-from editscope.evaluation.scoring import TargetBatch, target_batch
+from editscope.tokens import TargetBatch, target_batch
 from editscope.types import EditRequest, WeightDelta, preserved
 
 log = logging.getLogger(__name__)

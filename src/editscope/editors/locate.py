@@ -27,9 +27,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from editscope.data.corpora import load_corpus
 from editscope.editors.base import Editor, EditorConfig
 from editscope.linalg.keys import bare_prompt_outputs, compute_keys
-from editscope.linalg.templates import MEMIT_SEEDS, context_templates
 from editscope.linalg.postnorm import prenorm_residual, rms_gain
 from editscope.linalg.stats import second_moments
+from editscope.linalg.templates import MEMIT_SEEDS, context_templates
 from editscope.linalg.values import ZConfig, compute_z
 from editscope.models.fingerprint import model_fingerprint
 from editscope.models.spec import ModelSpec

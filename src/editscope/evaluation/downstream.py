@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
-from editscope.evaluation.scoring import encode_pair, head_logits, pad_id
 from editscope.evaluation.tasks import Task, TaskData
 from editscope.models.placement import input_device
 from editscope.models.spec import spec_for_config
+from editscope.tokens import encode_pair, head_logits, pad_id
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ from collections.abc import Iterable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editscope.evaluation.scoring import TargetScore, left_padded_batch, pad_id, score_targets
+from editscope.evaluation.scoring import TargetScore, score_targets
 from editscope.models.placement import input_device
 from editscope.precision import seeded
+from editscope.tokens import left_padded_batch, pad_id
 from editscope.types import EditRequest, NeighborhoodPrompt
 
 Pair = tuple[str, str]

@@ -10,7 +10,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from editscope.errors import RequestError
-from editscope.evaluation.scoring import encode_pair, left_padded_batch, pad_id, right_aligned
+from editscope.tokens import encode_pair, left_padded_batch, pad_id, right_aligned
 
 
 def last_token_of_span(tokenizer: PreTrainedTokenizerBase, text: str, char_end: int) -> tuple[list[int], int]:

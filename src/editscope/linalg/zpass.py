@@ -30,11 +30,11 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from editscope.evaluation.scoring import head_logits
 from editscope.linalg.positions import PositionedBatch, PositionedRows, positioned_batch, positioned_rows
 from editscope.models.hooks import StopForward, capture_inputs, capture_outputs, gather_rows, hooks, output_hidden, replace_hidden
 from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
+from editscope.tokens import head_logits
 
 
 @dataclass(frozen=True)

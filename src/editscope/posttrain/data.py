@@ -20,8 +20,8 @@ from transformers import PreTrainedTokenizerBase
 from editscope.data.corpora import load_corpus
 from editscope.data.loaders import detect_format, is_demo, load_requests, read_records
 from editscope.errors import DataError
-from editscope.evaluation.scoring import encode_pair, pad_id
 from editscope.linalg.stats import token_chunks
+from editscope.tokens import encode_pair, pad_id
 from editscope.types import EditRequest
 
 logger = logging.getLogger(__name__)

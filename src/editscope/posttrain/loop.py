@@ -163,18 +163,20 @@ class PosttrainRun:
     def execute(self, on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         c = self.config
         self.store.check_writable()
+        self.store.check_claim(c, resume=self.resume, overwrite=self.overwrite)
         device = resolve_device(c.device)
         precision = resolve(c.autocast, device, "posttrain.autocast")
-        self.store.begin(c, resume=self.resume, overwrite=self.overwrite, resolved={"precision": precision_record(device)})
         loaded = load(c.model)
         tokenizer = loaded.tokenizer
+        examples = build_examples(tokenizer, c.mode, c.data, c.answer, c.steps * c.batch_size, c.seq_len)
         loaded.model.to(device)
         reference = snapshot(loaded.model)
         model = trainable_model(loaded, c)
         params = trainable_parameters(model)
         optimizer = make_optimizer(params, c)
         scheduler = make_scheduler(optimizer, c)
-        examples = build_examples(tokenizer, c.mode, c.data, c.answer, c.steps * c.batch_size, c.seq_len)
+        # everything that can refuse the run has run: only now is the folder claimed
+        self.store.begin(c, resume=self.resume, overwrite=self.overwrite, resolved={"precision": precision_record(device)})
         ppl = Perplexity(PerplexityConfig(source=c.eval_source, n_windows=c.eval_windows, autocast=c.autocast))
         ppl.baseline(model, tokenizer)
 

@@ -250,6 +250,15 @@ class SequentialRun:
         )
 
 
+def check_editor_fits(config: RunConfig, model: PreTrainedModel) -> None:
+    """Refuse, before anything is written, an editor config that does not fit the loaded model (a layer it lacks)."""
+    editor = build_editor(config.editor, dict(config.editor_config), model_name=config.model)
+    try:
+        editor.edited_parameters(model)
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"run.editor_config ({config.editor}): {exc}") from None
+
+
 def execute(config: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: Progress | None = None) -> RunSummary:
     """Run ``config`` into ``config.out``; everything that can be checked is checked before the model loads."""
     from editscope.models import load
@@ -261,6 +270,7 @@ def execute(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
     store.check_claim(config, resume=resume, overwrite=overwrite)
     loaded = load(config.model, device_map=config.device_map)
     loaded.model.eval()
+    check_editor_fits(config, loaded.model)
     store.begin(config, resume=resume, overwrite=overwrite, resolved={**settings, "precision": precision_record(input_device(loaded.model))})
     run = SequentialRun(config, loaded.model, loaded.tokenizer, requests, store)
     summary = run.run(progress)

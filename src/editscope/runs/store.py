@@ -82,10 +82,16 @@ class RunStore:
 
     # -- setup ---------------------------------------------------------------------------
     def check_writable(self) -> None:
-        """Create the folder and prove it is writable (before any model is loaded)."""
+        """Prove the folder can be written (before any model is loaded) without creating it: a probe
+        file in the folder, or in its nearest existing parent where the folder does not exist yet, so
+        a refused run leaves nothing behind."""
+        existing = self.path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".write-test.{os.getpid()}"
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is not a folder")
+            probe = existing / f".write-test.{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
@@ -149,6 +155,7 @@ class RunStore:
             shutil.rmtree(self.path / STATE, ignore_errors=True)
             saved = None
         if saved is None:
+            self.path.mkdir(parents=True, exist_ok=True)
             record = {**to_dict(config), "digest": config.digest(), "resolved": dict(resolved or {})}
             atomic_write_text(self.path / CONFIG, yaml.safe_dump(record, sort_keys=False))
 

@@ -23,11 +23,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from editscope.config import ConfigError
 from editscope.data.corpora import TextCorpus
 from editscope.editors.mend.factors import EditSite, low_rank_edits
-from editscope.evaluation.scoring import TargetBatch
 from editscope.linalg.zpass import replay_lower_blocks
 from editscope.models.hooks import capture_outputs
 from editscope.models.spec import ModelSpec
 from editscope.precision import autocast
+from editscope.tokens import TargetBatch
 from editscope.types import EditRequest
 
 

@@ -44,12 +44,12 @@ from editscope.editors.mend.factors import edit_sites, gradient_factors, low_ran
 from editscope.editors.mend.locality import locality_kl, locality_pool, target_lift, text_locality_kl, text_pass, text_windows
 from editscope.editors.mend.network import MENDNetwork
 from editscope.editors.mend.train_config import RESUMABLE_CHANGES, MENDTrainConfig, saved_config
-from editscope.evaluation.scoring import TargetBatch, target_batch
 from editscope.linalg.zpass import replay_lower_blocks
 from editscope.models.fingerprint import model_fingerprint
 from editscope.models.hooks import capture_outputs
 from editscope.models.spec import spec_for_config
 from editscope.precision import autocast, precision_record, resolve
+from editscope.tokens import TargetBatch, target_batch
 from editscope.types import EditRequest
 
 logger = logging.getLogger(__name__)

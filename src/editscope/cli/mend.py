@@ -51,7 +51,10 @@ def cmd_mend_train(args: argparse.Namespace) -> int:
     data = args.data or (saved.meta["data"]["source"] if saved else "demo")
     requests = load_requests(data, args.format)
     train, held_out = split_requests(requests, config.held_out, config.seed)
-    trainer = MENDTrainer(model, loaded.tokenizer, train, held_out, config, model_name=model_name, data_name=str(data))
+    try:
+        trainer = MENDTrainer(model, loaded.tokenizer, train, held_out, config, model_name=model_name, data_name=str(data))
+    except ValueError as exc:  # a setting that does not fit this model (a layer it lacks)
+        raise EditscopeError(f"mend train: {exc}") from None
     if saved is not None:
         trainer.restore(saved)
     print(f"MEND for {model_name} (fingerprint {trainer.fingerprint}): {len(train)} training requests from {data}, "

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from editscope.cli_output import emit_json, format_table, progress_bar
+from editscope.cli.output import emit_json, format_table, progress_bar
 from editscope.errors import EditscopeError
 
 
@@ -107,7 +107,7 @@ def add_study_commands(sub: Any) -> None:
     report.add_argument("--figures", default="", help="comma-separated figure names to draw (default: all), e.g. weight_norms,balance")
     report.set_defaults(func=cmd_report)
 
-    from editscope.cli_mend import add_mend_parser
+    from editscope.cli.mend import add_mend_parser
 
     add_mend_parser(sub)
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from editscope.cli_output import emit_json, format_table
+from editscope.cli.output import emit_json, format_table
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from editscope import __version__
-from editscope.cli_output import emit_json, format_table, progress_bar
+from editscope.cli.output import emit_json, format_table, progress_bar
 from editscope.config import parse_assignments
 from editscope.errors import EditscopeError
 
@@ -314,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--seed", type=int, default=0)
     predict.set_defaults(func=cmd_predict)
 
-    from editscope.cli_scale import add_scale_commands
-    from editscope.cli_study import add_study_commands
-    from editscope.cli_weights import add_weight_commands
+    from editscope.cli.scale import add_scale_commands
+    from editscope.cli.study import add_study_commands
+    from editscope.cli.weights import add_weight_commands
 
     add_study_commands(sub)
     add_scale_commands(sub)

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from editscope.cli_output import emit_json, format_table
+from editscope.cli.output import emit_json, format_table
 from editscope.errors import EditscopeError
 
 POSTTRAIN_FLAGS = ("mode", "model", "data", "answer", "steps", "batch_size", "seq_len", "lr", "weight_decay", "warmup",
