@@ -203,6 +203,7 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model, "editor": args.editor, "data": args.data, "edits": args.edits,
         "batch_size": args.batch_size, "every": args.every, "log_points": args.log_points,
         "seed": args.seed, "out": str(args.out) if args.out else None, "device_map": args.device_map,
+        "known_only": True if args.known_only else None,
     }
     if args.instruments:
         overrides["instruments"] = [x for x in args.instruments.split(",") if x]
@@ -251,7 +252,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="editscope", description="Sequential knowledge editing and model-health instruments.")
+    parser = argparse.ArgumentParser(
+        prog="editscope", description="Sequential knowledge editing and model-health instruments.",
+        epilog="Documentation: README.md and docs/ in the source tree (runs, editors, fidelity to the papers' code, "
+               "instruments, data, reports, post-training, scale, speed).",
+    )
     parser.add_argument("--version", action="version", version=f"editscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -296,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--every", type=int, default=None, help="checkpoint every N edits")
     run.add_argument("--log-points", type=int, default=None, help="N log-spaced checkpoints instead of --every")
     run.add_argument("--seed", type=int, default=None, help="dataset ordering seed")
+    run.add_argument("--known-only", action="store_true", help="edit only facts the model knows (the data's known/<model> annotation)")
     run.add_argument("--out", type=Path, default=None, help="run folder")
     run.add_argument("--instruments", default=None, help="comma-separated instrument names")
     run.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="editor hyperparameter (dotted for nested, e.g. z.steps=20)")
