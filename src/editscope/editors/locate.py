@@ -14,6 +14,7 @@ and values come from here.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -24,10 +25,12 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editscope.config import ConfigError
 from editscope.data.corpora import load_corpus
 from editscope.editors.base import Editor, EditorConfig
 from editscope.linalg.keys import bare_prompt_outputs, compute_keys
 from editscope.linalg.postnorm import prenorm_residual, rms_gain
+from editscope.linalg.restraints import prune_update, rect_mask
 from editscope.linalg.stats import second_moments
 from editscope.linalg.templates import MEMIT_SEEDS, context_templates
 from editscope.linalg.values import ZConfig, compute_z
@@ -55,6 +58,15 @@ class LocateConfig(EditorConfig):
         stats_corpus: text for C0 = E[k k^T] (``default``: the bundled Wikipedia sample; see data.corpora).
         stats_samples: documents used for C0 (MEMIT: 100,000 Wikipedia texts).
         stats_seq_len: tokens per sample for C0 (documents are cut into windows of this length).
+        rect_keep: RECT: keep this fraction of each layer update's entries, those with the largest
+            relative change |dW / W|, and zero the rest (0.4 in RECT's paper and AlphaEdit's
+            ``memit_rect_main.py``); ``None``: off. See :mod:`editscope.linalg.restraints`.
+        prune: PRUNE: the model holds the accumulated update with its singular values above the
+            unedited matrix's largest one shrunk logarithmically (the reference applies it once after
+            the last edit; here after every batch, to the whole accumulation, so every checkpoint
+            shows the model PRUNE would leave after that many edits); later edits are computed on the
+            unrestrained accumulation, as in the reference.
+        prune_base: the logarithm's base in PRUNE's restraint (e, the reference default; 1.2, 1.5, 2 are its other options).
         stats_autocast: precision of the statistics' forward pass (``"auto"``: bf16 where the device
             runs it natively; a dtype name; ``None``: the model's own); the products and sums stay
             float32/float64. The statistics cache is keyed by what it resolved to.
@@ -69,6 +81,15 @@ class LocateConfig(EditorConfig):
     stats_samples: int = 1000
     stats_seq_len: int = 256
     stats_autocast: str | None = "auto"
+    rect_keep: float | None = None
+    prune: bool = False
+    prune_base: float = math.e
+
+    def __post_init__(self) -> None:
+        if self.rect_keep is not None and not 0.0 < self.rect_keep <= 1.0:
+            raise ConfigError(f"rect_keep: must be in (0, 1] or null, got {self.rect_keep}")
+        if self.prune_base <= 1.0:
+            raise ConfigError(f"prune_base: must be > 1, got {self.prune_base}")
 
     @classmethod
     def derived(cls, n_layers: int, d_mlp: int) -> dict[str, Any]:
@@ -103,6 +124,9 @@ class LocateEditor(Editor):
         self._base_fingerprint: str | None = None
         self._c0: dict[int, Tensor] = {}
         self._pending: dict[int, Tensor] = {}
+        self._beta: dict[int, float] = {}  # PRUNE: the unedited matrices' largest singular values
+        self._raw: dict[int, Tensor] = {}  # PRUNE: the accumulated, unrestrained update per layer (out, in)
+        self._pending_raw: dict[int, Tensor] = {}
 
     # -- the method's equation -----------------------------------------------------------
     @abstractmethod
@@ -117,6 +141,10 @@ class LocateEditor(Editor):
             spec.check_layer(model, layer)
         if self._base_fingerprint is None:
             self._base_fingerprint = model_fingerprint(model)
+        if self.config.prune and not self._beta:
+            for layer in self.config.layers:
+                weight = spec.as_out_in(model.get_parameter(spec.weight_name(layer)).detach()).double()
+                self._beta[layer] = float(torch.linalg.matrix_norm(weight, ord=2))
         if self._templates is None:
             c = self.config
             self._templates = context_templates(model, tokenizer, c.context_lengths, c.context_seeds, c.seed)
@@ -140,11 +168,13 @@ class LocateEditor(Editor):
         spec = self.prepare(model, tokenizer)
         layers = sorted(self.config.layers)
         start = time.perf_counter()
-        zres = compute_z(model, tokenizer, spec, layers[-1], requests, self._templates, self.config.z, site="residual")
-        z_s = time.perf_counter() - start
         deltas: dict[int, Tensor] = {}
         self._pending = {}
         with preserved(model, [spec.weight_name(layer) for layer in layers]):
+            if self.config.prune:
+                self._unrestrain(model, spec)
+            zres = compute_z(model, tokenizer, spec, layers[-1], requests, self._templates, self.config.z, site="residual")
+            z_s = time.perf_counter() - start
             for i, layer in enumerate(layers):
                 keys = compute_keys(model, tokenizer, spec, [layer], requests, self._templates, average=self.config.key_average)[layer]
                 # one pass for the residual at the last layer and, where the block norms its MLP output,
@@ -162,23 +192,60 @@ class LocateEditor(Editor):
                 if not torch.isfinite(update).all():
                     raise FloatingPointError(f"{self.name}: non-finite update at layer {layer}")
                 param = model.get_parameter(spec.weight_name(layer))
+                if self.config.rect_keep is not None:
+                    update = update * rect_mask(update, spec.as_out_in(param.detach()), self.config.rect_keep).to(update.device)
                 stored = spec.to_stored(update).to(device=param.device, dtype=param.dtype)
                 with torch.no_grad():
                     param.add_(stored)
                 deltas[layer] = stored
                 self._pending[layer] = keys.double()
         logger.debug("%s: %d requests, z* %.1f s (steps %s), total %.1f s", self.name, len(requests), z_s, zres.steps, time.perf_counter() - start)
+        if self.config.prune:
+            deltas = self._restrained(spec, deltas)
         self.last_info = {"z_seconds": z_s, "z_steps_mean": sum(zres.steps) / len(zres.steps), "seconds": time.perf_counter() - start}
         return WeightDelta({spec.weight_name(layer): d for layer, d in deltas.items()})
 
+    # -- PRUNE -----------------------------------------------------------------------------
+    def _pruned(self, layer: int, raw: Tensor) -> Tensor:
+        return prune_update(raw, self._beta[layer], self.config.prune_base)
+
+    def _unrestrain(self, model: PreTrainedModel, spec: ModelSpec) -> None:
+        """Give the model the accumulated update unrestrained (W0 + raw instead of W0 + PRUNE(raw)), inside ``preserved``."""
+        for layer, raw in self._raw.items():
+            param = model.get_parameter(spec.weight_name(layer))
+            with torch.no_grad():
+                param.add_(spec.to_stored(raw - self._pruned(layer, raw)).to(device=param.device, dtype=param.dtype))
+
+    def _restrained(self, spec: ModelSpec, deltas: dict[int, Tensor]) -> dict[int, Tensor]:
+        """The deltas that take the model from W0 + PRUNE(raw) to W0 + PRUNE(raw + this batch's updates)."""
+        out = {}
+        for layer, stored in deltas.items():
+            before = self._raw.get(layer, torch.zeros_like(spec.as_out_in(stored), dtype=torch.float64))
+            after = before + spec.as_out_in(stored).double()
+            change = self._pruned(layer, after) - (self._pruned(layer, before) if layer in self._raw else 0.0)
+            out[layer] = spec.to_stored(change).to(device=stored.device, dtype=stored.dtype)
+            self._pending_raw[layer] = after
+        return out
+
+    def commit(self, requests: Sequence[EditRequest], delta: WeightDelta) -> None:
+        self._raw.update(self._pending_raw)
+        self._pending_raw = {}
+
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"templates": list(self._templates or ()), "base_fingerprint": self._base_fingerprint}
+        state: dict[str, Any] = {"templates": list(self._templates or ()), "base_fingerprint": self._base_fingerprint}
+        if self._raw:
+            state.update({f"raw.{layer}": raw.float().cpu() for layer, raw in self._raw.items()})
+            state["prune_beta"] = {str(layer): beta for layer, beta in self._beta.items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         templates = state.get("templates")
         self._templates = tuple(templates) if templates else None
         self._base_fingerprint = state.get("base_fingerprint")
+        self._raw = {int(k.split(".", 1)[1]): v.double() for k, v in state.items() if k.startswith("raw.")}
+        if "prune_beta" in state:
+            self._beta = {int(k): float(v) for k, v in state["prune_beta"].items()}
 
 
 class SequentialGramMixin:
@@ -201,6 +268,7 @@ class SequentialGramMixin:
         for layer, keys in self._pending.items():
             self._gram[layer] = self.prev_gram(layer, keys.shape[0], keys) + keys @ keys.T
         self._pending = {}
+        super().commit(requests, delta)  # type: ignore[misc]
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), **{f"gram.{layer}": g.cpu() for layer, g in self._gram.items()}}  # type: ignore[misc]

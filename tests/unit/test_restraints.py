@@ -1,0 +1,102 @@
+"""RECT and PRUNE: each method's defining fact, on hand-made matrices and in an editor on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from editscope.editors import build_editor
+from editscope.linalg.restraints import prune_singular_values, prune_update, rect_mask
+from editscope.models import tiny_model
+from editscope.types import EditRequest
+
+REQUESTS = [
+    EditRequest(id="a", prompt="The capital of {} is", subject="France", target_new="Rome", target_true="Paris"),
+    EditRequest(id="b", prompt="{} plays the", subject="Yo-Yo Ma", target_new="trumpet", target_true="cello"),
+]
+TINY = {"layers": [1, 2], "context_lengths": [], "stats_samples": 50, "stats_seq_len": 32, "z": {"steps": 10, "autocast": None},
+        "mom2_update_weight": 10.0}
+
+
+def test_rect_keeps_the_largest_relative_changes():
+    """Equal updates over weights 1..10: the relative change is 1/w. The reference's threshold is the
+    (0.6 n)-th smallest change, kept with ``>=``: the 5 smallest weights here (the threshold entry too);
+    on a real matrix that is 40% to one entry."""
+    weight = torch.arange(1.0, 11.0).reshape(2, 5)
+    mask = rect_mask(torch.ones(2, 5), weight, 0.4)
+    assert mask.reshape(-1).tolist() == [True] * 5 + [False] * 5
+    big = rect_mask(torch.randn(64, 32, generator=torch.Generator().manual_seed(0)), torch.randn(64, 32), 0.4)
+    assert int(big.sum()) == 64 * 32 - int(64 * 32 * 0.6) + 1  # 821 of 2048
+
+
+def test_prune_shrinks_only_singular_values_above_beta():
+    values = torch.tensor([50.0, 20.0, 10.0, 3.0], dtype=torch.float64)
+    out = prune_singular_values(values, beta=10.0)
+    assert out.tolist() == pytest.approx([math.log(5.0) + 10.0, math.log(2.0) + 10.0, 10.0, 3.0])
+    assert prune_singular_values(values, 10.0, base=2.0)[0] == pytest.approx(math.log2(5.0) + 10.0)
+    g = torch.Generator().manual_seed(0)
+    accumulated = torch.randn(12, 8, generator=g, dtype=torch.float64) * 30.0
+    restrained = prune_update(accumulated, beta=10.0)
+    before, after = torch.linalg.svdvals(accumulated), torch.linalg.svdvals(restrained)
+    torch.testing.assert_close(after, prune_singular_values(before, 10.0))
+    assert float(after.max()) <= 10.0 + math.log(float(before.max()) / 10.0) + 1e-9  # PRUNE's bound on the largest
+
+
+def test_memit_with_rect_writes_the_kept_fraction():
+    model, tok, spec = tiny_model("llama")
+    delta = build_editor("memit", {**TINY, "rect_keep": 0.4}).compute_delta(model, tok, REQUESTS)
+    for name, d in delta.deltas.items():
+        assert float((d != 0).float().mean()) == pytest.approx(0.4, abs=0.01), name
+
+
+def test_memit_with_prune_holds_the_restrained_accumulation(monkeypatch):
+    """After two batches the model carries PRUNE(raw1 + raw2), raw2 computed on W0 + raw1 (unrestrained); the state round-trips."""
+    model, tok, spec = tiny_model("llama")
+    editor = build_editor("memit", {**TINY, "prune": True, "mom2_update_weight": 0.1})
+    editor.prepare(model, tok)
+    editor._beta = {layer: 1.0 for layer in editor._beta}  # below the accumulation's largest singular value: PRUNE acts
+    applied = {}
+    for batch in ([REQUESTS[0]], [REQUESTS[1]]):
+        delta = editor.compute_delta(model, tok, batch)
+        delta.apply_to(model)
+        editor.commit(batch, delta)
+        for name, d in delta.deltas.items():
+            applied[name] = applied.get(name, 0) + d.double()
+    for layer in (1, 2):
+        raw = editor._raw[layer]
+        name = spec.weight_name(layer)
+        torch.testing.assert_close(spec.as_out_in(applied[name]), prune_update(raw, 1.0), rtol=1e-4, atol=1e-5)
+        largest = float(torch.linalg.svdvals(raw).max())
+        assert largest > 1.0
+        assert float(torch.linalg.svdvals(spec.as_out_in(applied[name])).max()) == pytest.approx(math.log(largest) + 1.0, rel=1e-4)
+    other = build_editor("memit", {**TINY, "prune": True})
+    other.load_state_dict(editor.state_dict())
+    assert other._beta == editor._beta and torch.allclose(other._raw[1], editor._raw[1].float().double())
+
+
+def test_prune_computes_later_edits_on_the_unrestrained_accumulation():
+    """As the reference, which restrains once after the last edit: the accumulation PRUNE keeps is
+    exactly what plain MEMIT accumulates over the same batches."""
+    model, tok, spec = tiny_model("llama")
+    plain, pruned = build_editor("memit", {**TINY, "mom2_update_weight": 0.1}), build_editor("memit", {**TINY, "prune": True, "mom2_update_weight": 0.1})
+    totals = {}
+    for editor in (plain, pruned):
+        editor.prepare(model, tok)
+        editor._beta = {layer: 1.0 for layer in editor._beta}
+        with torch.no_grad():
+            saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+        total = {}
+        for batch in ([REQUESTS[0]], [REQUESTS[1]]):
+            delta = editor.compute_delta(model, tok, batch)
+            delta.apply_to(model)
+            editor.commit(batch, delta)
+            for name, d in delta.deltas.items():
+                total[name] = total.get(name, 0) + d.double()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(saved[n])
+        totals[editor.config.prune] = total
+    for layer in (1, 2):
+        torch.testing.assert_close(pruned._raw[layer], spec.as_out_in(totals[False][spec.weight_name(layer)]), rtol=1e-4, atol=1e-5)
