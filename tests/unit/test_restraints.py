@@ -100,3 +100,38 @@ def test_prune_computes_later_edits_on_the_unrestrained_accumulation():
         totals[editor.config.prune] = total
     for layer in (1, 2):
         torch.testing.assert_close(pruned._raw[layer], spec.as_out_in(totals[False][spec.weight_name(layer)]), rtol=1e-4, atol=1e-5)
+
+
+def test_norm_anchors_rescale_values_and_skip_outliers():
+    """v* = v0 + (z - h) goes to the reference norm; beyond twice the reference the edit is skipped (target h)."""
+    from editscope.linalg.restraints import anchor_reference, anchor_values
+
+    h = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    v0 = torch.tensor([[0.5, 0.5], [0.0, 0.0]])
+    z = torch.tensor([[1.0, 1.0], [3.0, 30.0]])  # v* = (0.5, 3) and (0.5, 30)
+    anchored, skipped = anchor_values(z, h, v0, reference=10.0)
+    assert skipped.tolist() == [False, True]
+    vstar = anchored - (h - v0)
+    assert float(vstar[:, 0].norm()) == pytest.approx(10.0)  # the anchored norm
+    torch.testing.assert_close(anchored[:, 1], h[:, 1])  # skipped: v* = v0, the target is h
+    assert anchor_reference(torch.tensor([1.0] * 19 + [100.0])) == pytest.approx(1.0)  # the top 5% dropped
+
+
+def test_memit_with_norm_anchors_measures_and_caches_the_reference(monkeypatch):
+    from editscope.editors import anchors
+
+    model, tok, _ = tiny_model("llama")
+    calls = []
+    real = anchors.compute_z
+    monkeypatch.setattr(anchors, "compute_z", lambda *a, **k: calls.append(1) or real(*a, **k))
+    settings = {**TINY, "norm_anchor": True, "anchor_samples": 6}
+    editor = build_editor("memit", settings)
+    delta = editor.compute_delta(model, tok, REQUESTS)
+    assert editor._anchor > 0 and len(calls) == 1 and 0 <= editor.last_skipped <= 2
+    assert all(torch.isfinite(d).all() for d in delta.deltas.values())
+    again = build_editor("memit", settings)
+    again.prepare(model, tok)
+    assert again._anchor == editor._anchor and len(calls) == 1  # read from the cache
+    other = build_editor("memit", settings)
+    other.load_state_dict(editor.state_dict())
+    assert other._anchor == editor._anchor

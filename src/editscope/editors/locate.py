@@ -27,10 +27,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.config import ConfigError
 from editscope.data.corpora import load_corpus
+from editscope.editors.anchors import anchor_norm, mlp_values
 from editscope.editors.base import Editor, EditorConfig
 from editscope.linalg.keys import bare_prompt_outputs, compute_keys
 from editscope.linalg.postnorm import prenorm_residual, rms_gain
-from editscope.linalg.restraints import prune_update, rect_mask
+from editscope.linalg.restraints import anchor_values, prune_update, rect_mask
 from editscope.linalg.stats import second_moments
 from editscope.linalg.templates import MEMIT_SEEDS, context_templates
 from editscope.linalg.values import ZConfig, compute_z
@@ -67,6 +68,13 @@ class LocateConfig(EditorConfig):
             shows the model PRUNE would leave after that many edits); later edits are computed on the
             unrestrained accumulation, as in the reference.
         prune_base: the logarithm's base in PRUNE's restraint (e, the reference default; 1.2, 1.5, 2 are its other options).
+        norm_anchor: norm anchors: each edit's MLP value at the last edited layer, v0 + (z* - h), is
+            rescaled to a reference norm from the unedited model, and an edit beyond twice it is
+            skipped (:func:`~editscope.linalg.restraints.anchor_values`).
+        anchor_samples: requests whose unedited-model values set the reference norm (the mean after
+            dropping the top 5%; ``nas_restart``: 1000 in SasyaTitech/NAS). Cached on disk per model and settings.
+        anchor_data: where those requests come from (NAS: random MultiCounterFact requests; here a
+            seeded draw from this dataset, by default the bundled demo set).
         stats_autocast: precision of the statistics' forward pass (``"auto"``: bf16 where the device
             runs it natively; a dtype name; ``None``: the model's own); the products and sums stay
             float32/float64. The statistics cache is keyed by what it resolved to.
@@ -84,6 +92,9 @@ class LocateConfig(EditorConfig):
     rect_keep: float | None = None
     prune: bool = False
     prune_base: float = math.e
+    norm_anchor: bool = False
+    anchor_samples: int = 1000
+    anchor_data: str = "demo"
 
     def __post_init__(self) -> None:
         if self.rect_keep is not None and not 0.0 < self.rect_keep <= 1.0:
@@ -127,6 +138,7 @@ class LocateEditor(Editor):
         self._beta: dict[int, float] = {}  # PRUNE: the unedited matrices' largest singular values
         self._raw: dict[int, Tensor] = {}  # PRUNE: the accumulated, unrestrained update per layer (out, in)
         self._pending_raw: dict[int, Tensor] = {}
+        self._anchor: float | None = None  # norm anchors: the reference value norm
 
     # -- the method's equation -----------------------------------------------------------
     @abstractmethod
@@ -156,6 +168,8 @@ class LocateEditor(Editor):
                 autocast=self.config.stats_autocast,
             )
             self.on_statistics()
+        if self.config.norm_anchor and self._anchor is None:
+            self._anchor = anchor_norm(self, model, tokenizer, spec)
         return spec
 
     def on_statistics(self) -> None:
@@ -175,6 +189,12 @@ class LocateEditor(Editor):
                 self._unrestrain(model, spec)
             zres = compute_z(model, tokenizer, spec, layers[-1], requests, self._templates, self.config.z, site="residual")
             z_s = time.perf_counter() - start
+            targets = zres.z
+            if self.config.norm_anchor:
+                assert self._anchor is not None
+                v0 = mlp_values(model, tokenizer, spec, layers[-1], requests)
+                targets, skipped = anchor_values(zres.z, zres.h, v0.to(zres.z.device), self._anchor)
+                self.last_skipped = int(skipped.sum())
             for i, layer in enumerate(layers):
                 keys = compute_keys(model, tokenizer, spec, [layer], requests, self._templates, average=self.config.key_average)[layer]
                 # one pass for the residual at the last layer and, where the block norms its MLP output,
@@ -183,7 +203,7 @@ class LocateEditor(Editor):
                 around_norm = [spec.module_path(layer, part) for part in ("mlp_out", "mlp_out_norm")] if spec.mlp_out_norm else []
                 values = bare_prompt_outputs(model, tokenizer, requests, [*around_norm, resid_path])
                 current = values[resid_path]
-                r = (zres.z.to(current.device) - current) / (len(layers) - i)
+                r = (targets.to(current.device) - current) / (len(layers) - i)
                 if around_norm:
                     out_path, norm_path = around_norm
                     gain = rms_gain(model.get_submodule(norm_path), current.shape[0], current)
@@ -237,6 +257,8 @@ class LocateEditor(Editor):
         if self._raw:
             state.update({f"raw.{layer}": raw.float().cpu() for layer, raw in self._raw.items()})
             state["prune_beta"] = {str(layer): beta for layer, beta in self._beta.items()}
+        if self._anchor is not None:
+            state["anchor"] = self._anchor
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -244,6 +266,7 @@ class LocateEditor(Editor):
         self._templates = tuple(templates) if templates else None
         self._base_fingerprint = state.get("base_fingerprint")
         self._raw = {int(k.split(".", 1)[1]): v.double() for k, v in state.items() if k.startswith("raw.")}
+        self._anchor = state.get("anchor", self._anchor)
         if "prune_beta" in state:
             self._beta = {int(k): float(v) for k, v in state["prune_beta"].items()}
 
