@@ -48,15 +48,30 @@ def editors() -> list[str]:
     return EDITORS.names()
 
 
+# The stability options (RECT, PRUNE, norm anchors) on editors their papers combine them with.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "memit+rect": ("memit", {"rect_keep": 0.4}),
+    "memit+prune": ("memit", {"prune": True}),
+    "memit+norm_anchor": ("memit", {"norm_anchor": True, "anchor_samples": 4}),
+    "alphaedit+norm_anchor": ("alphaedit", {"norm_anchor": True, "anchor_samples": 4}),
+    "encore+rect": ("encore", {"rect_keep": 0.4}),
+}
+
+
+def cases() -> list[str]:
+    return [*editors(), *sorted(VARIANTS)]
+
+
 @pytest.fixture(params=["llama", "gpt2", "gemma3"])
 def tiny(request):
     return tiny_model(request.param, seed=0)
 
 
-def make_editor(name: str, extra: dict | None = None):
+def make_editor(case: str, extra: dict | None = None):
+    name, variant = VARIANTS.get(case, (case, {}))
     if name not in TINY_OVERRIDES:
         pytest.fail(f"editor {name!r} has no TINY_OVERRIDES entry in the contract tests")
-    return build_editor(name, {**TINY_OVERRIDES[name], **(extra or {})})
+    return build_editor(name, {**TINY_OVERRIDES[name], **variant, **(extra or {})})
 
 
 def trained_overrides(name: str, arch: str, request) -> dict:
@@ -70,7 +85,7 @@ def _snapshot(model):
     return {n: p.detach().clone() for n, p in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("name", editors())
+@pytest.mark.parametrize("name", cases())
 def test_contract(name, tiny, request):
     model, tok, spec = tiny
     editor = make_editor(name, trained_overrides(name, spec.name, request))
