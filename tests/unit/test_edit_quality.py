@@ -40,10 +40,19 @@ def test_spaced_sample_spans_the_history():
 def _requests() -> list[EditRequest]:
     neighbors = (NeighborhoodPrompt("The capital of Spain is", "Madrid"), NeighborhoodPrompt("The capital of Italy is", "Rome"))
     return [
-        EditRequest(id=f"r{i}", prompt="The capital of {} is", subject=subject, target_new=new, target_true=true,
-                    paraphrase_prompts=(f"{subject}'s capital city is",), neighborhood=neighbors,
-                    generation_prompts=(f"{subject} is a country where",))
-        for i, (subject, new, true) in enumerate([("France", "Berlin", "Paris"), ("Japan", "Oslo", "Tokyo"), ("Peru", "Cairo", "Lima")])
+        EditRequest(
+            id=f"r{i}",
+            prompt="The capital of {} is",
+            subject=subject,
+            target_new=new,
+            target_true=true,
+            paraphrase_prompts=(f"{subject}'s capital city is",),
+            neighborhood=neighbors,
+            generation_prompts=(f"{subject} is a country where",),
+        )
+        for i, (subject, new, true) in enumerate(
+            [("France", "Berlin", "Paris"), ("Japan", "Oslo", "Tokyo"), ("Peru", "Cairo", "Lima")]
+        )
     ]
 
 
@@ -64,9 +73,13 @@ def test_instrument_baseline_and_history():
     assert unchanged["edit/neighborhood"] == 1.0  # same model as the baseline: every preference kept
     assert unchanged["edit/retention_n"] == 3.0
     assert 0.0 <= unchanged["edit/efficacy"] <= 1.0 and 0.0 <= unchanged["edit/top1"] <= 1.0
-    assert unchanged["edit/score"] == pytest.approx(
-        harmonic_mean([unchanged["edit/efficacy"], unchanged["edit/paraphrase"], unchanged["edit/neighborhood"]])
-    ) or unchanged["edit/score"] == 0.0
+    assert (
+        unchanged["edit/score"]
+        == pytest.approx(
+            harmonic_mean([unchanged["edit/efficacy"], unchanged["edit/paraphrase"], unchanged["edit/neighborhood"]])
+        )
+        or unchanged["edit/score"] == 0.0
+    )
     g = torch.Generator().manual_seed(0)
     names = [spec.weight_name(layer) for layer in range(4)]
     noise = WeightDelta({n: torch.randn(model.get_parameter(n).shape, generator=g) for n in names})
@@ -100,5 +113,52 @@ def test_targets_compare_per_token_as_counterfact_does(monkeypatch):
     long = TargetScore(-3.0, -1.5, 1, False, 2, 0)
     short = TargetScore(-2.0, -2.0, 1, False, 1, 0)
     assert prefers({("p", "long"): long, ("p", "short"): short}, "p", "long", "short")
-    monkeypatch.setattr(edit_metrics, "score_targets", lambda model, tok, prompts, targets: [long if t == "long" else short for t in targets])
+    monkeypatch.setattr(
+        edit_metrics, "score_targets", lambda model, tok, prompts, targets: [long if t == "long" else short for t in targets]
+    )
     assert edit_metrics.preference(None, None, ["p"], ["long"], ["short"]) == 1.0
+
+
+def test_age_buckets_by_hand():
+    from editscope.instruments.edit_quality import age_bucket
+
+    edges = (10, 30, 100)
+    assert [age_bucket(a, edges) for a in (0, 9, 10, 29, 30, 99, 100, 5000)] == [
+        "0-10",
+        "0-10",
+        "10-30",
+        "10-30",
+        "30-100",
+        "30-100",
+        "100+",
+        "100+",
+    ]
+    with pytest.raises(ValueError, match="age_edges"):
+        EditQualityConfig(age_edges=(10, 10))
+    with pytest.raises(ValueError, match="age_edges"):
+        EditQualityConfig(age_edges=(0, 5))
+
+
+def test_retention_by_age_groups_edits_by_how_many_came_after():
+    """Three batches of one: ages 2, 1, 0 fall into three buckets; the latest batch is the youngest,
+    and the buckets together are the retention figure (all three edits are scored)."""
+    model, tok, _ = tiny_model("llama")
+    requests = _requests()
+    instrument = EditQuality(EditQualityConfig(generation_prompts=0, age_edges=(1, 2)))
+    instrument.plan(requests)
+    instrument.baseline(model, tok)
+    for r in requests:
+        instrument.observe([r])
+    m = instrument.measure(model, tok)
+    assert {k for k in m if k.startswith("edit/age/")} == {
+        f"edit/age/{b}/{s}" for b in ("0-1", "1-2", "2+") for s in ("efficacy", "paraphrase", "n")
+    }
+    assert [m[f"edit/age/{b}/n"] for b in ("0-1", "1-2", "2+")] == [1.0, 1.0, 1.0]
+    assert m["edit/age/0-1/efficacy"] == m["edit/latest/efficacy"]
+    pooled = sum(m[f"edit/age/{b}/efficacy"] for b in ("0-1", "1-2", "2+")) / 3
+    assert pooled == pytest.approx(m["edit/efficacy"])
+    solo = EditQuality(EditQualityConfig(generation_prompts=0, age_edges=(1, 2)))
+    solo.plan(requests[:1])
+    solo.baseline(model, tok)
+    solo.observe(requests[:1])
+    assert solo.measure(model, tok)["edit/age/0-1/efficacy"] == m["edit/age/2+/efficacy"]  # same edit, same (unedited) model

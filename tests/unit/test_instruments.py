@@ -24,7 +24,9 @@ def test_weight_norms_track_edited_and_unedited_layers(arch):
     w = model.get_parameter(name1)
     assert before[f"weight/{name1}/delta_fro"] == 0.0
     assert before[f"weight/{name1}/fro"] == pytest.approx(float(w.detach().norm()), rel=1e-6)
-    assert before[f"weight/{name1}/spectral"] == pytest.approx(float(torch.linalg.matrix_norm(spec.as_out_in(w.detach()), ord=2)), rel=1e-4)
+    assert before[f"weight/{name1}/spectral"] == pytest.approx(
+        float(torch.linalg.matrix_norm(spec.as_out_in(w.detach()), ord=2)), rel=1e-4
+    )
     delta = WeightDelta({name1: torch.ones_like(w) * 0.05, spec.weight_name(2): torch.ones_like(w) * 0.05})
     snapshot = {n: p.clone() for n, p in model.state_dict().items()}
     delta.apply_to(model)
@@ -34,7 +36,9 @@ def test_weight_norms_track_edited_and_unedited_layers(arch):
     assert after[f"weight/{spec.weight_name(0)}/delta_fro"] == 0.0
     assert after["weight/mlp_out/unedited_max_rel_change"] == 0.0
     assert after["weight/mlp_out/balance"] > before["weight/mlp_out/balance"]
-    assert after[f"weight/{name1}/spectral"] == pytest.approx(float(torch.linalg.matrix_norm(spec.as_out_in(w.detach()), ord=2)), rel=1e-4)
+    assert after[f"weight/{name1}/spectral"] == pytest.approx(
+        float(torch.linalg.matrix_norm(spec.as_out_in(w.detach()), ord=2)), rel=1e-4
+    )
     # instruments observe only
     delta.revert(model)
     instrument.measure(model, tok)
@@ -128,3 +132,29 @@ def test_subspace_shift_is_zero_unedited_and_starts_at_the_edited_layer():
     assert moved["subspace/layers.2.resid/angle_mean"] > 1.0
     assert moved["subspace/layers.3.resid/cosine"] < 1.0
     assert instrument.state_dict() == {}  # the baseline is recomputed on resume, not stored
+
+
+def test_spectrum_of_edited_matrices_and_their_cumulative_update():
+    """Condition number and top singular values are exact; a rank-one update has stable rank 1."""
+    model, tok, spec = tiny_model("llama")
+    instrument = WeightNorms(WeightNormsConfig(edited_layers=(1,), spectrum_top=3))
+    instrument.baseline(model, tok)
+    name1, name0 = spec.weight_name(1), spec.weight_name(0)
+    before = instrument.measure(model, tok)
+    assert f"weight/{name0}/cond" not in before  # unedited matrices: norms only
+    assert before[f"weight/{name1}/delta_stable_rank"] == 0.0 and before[f"weight/{name1}/delta_sv/1"] == 0.0
+    w = model.get_parameter(name1)
+    g = torch.Generator().manual_seed(1)
+    u, v = torch.randn(w.shape[0], 1, generator=g), torch.randn(1, w.shape[1], generator=g)
+    delta = WeightDelta({name1: 0.3 * u @ v})
+    delta.apply_to(model)
+    after = instrument.measure(model, tok)
+    sigma = torch.linalg.svdvals(spec.as_out_in(w.detach()).double())
+    assert after[f"weight/{name1}/cond"] == pytest.approx(float(sigma[0] / sigma[-1]), rel=1e-9)
+    assert [after[f"weight/{name1}/sv/{i}"] for i in (1, 2, 3)] == pytest.approx(sigma[:3].tolist(), rel=1e-9)
+    assert after[f"weight/{name1}/spectral"] == after[f"weight/{name1}/sv/1"]
+    assert after[f"weight/{name1}/delta_sv/1"] == pytest.approx(0.3 * float(u.norm() * v.norm()), rel=1e-5)
+    assert after[f"weight/{name1}/delta_sv/2"] < 1e-5 * after[f"weight/{name1}/delta_sv/1"]
+    assert after[f"weight/{name1}/delta_stable_rank"] == pytest.approx(1.0, rel=1e-6)
+    assert after["weight/mlp_out/edited_cond_mean"] == after[f"weight/{name1}/cond"]
+    assert "weight/mlp_out/edited_cond_mean" in before and f"weight/{name0}/spectral" in after

@@ -128,9 +128,9 @@ def test_run_with_one_checkpoint_renders(runs, tmp_path, caplog):
     step0 = _copy_run(runs["a/memit"], tmp_path / "started", _records(runs["a/memit"])[:1])
     with caplog.at_level(logging.INFO, logger="editscope.report"):
         html = build_report([step0], tmp_path / "report", FAST)
-    page = _check_files(html, ALL_FIGURES - {"downstream", "edit_quality"})  # no edit scored at step 0
+    page = _check_files(html, ALL_FIGURES - {"downstream", "edit_quality", "retention_by_age"})  # no edit scored at step 0
     assert "figure edit_quality skipped" in caplog.text
-    assert "Not drawn, no run measured them: Edit quality, Downstream ability." in page
+    assert "Not drawn, no run measured them: Edit quality, Downstream ability, Retention by edit age." in page
     assert "in progress: 0 of 20 edits" in page
 
 
@@ -152,7 +152,7 @@ def test_every_figure_has_labelled_axes_and_a_legend(full_run, runs):
             figure = spec.draw(loaded, style)
             assert figure is not None, spec.name
             for ax in figure.axes:
-                assert ax.get_xlabel() in ("edits", "layer"), (spec.name, ax.get_title())
+                assert ax.get_xlabel() in ("edits", "layer", "edits applied since the edit"), (spec.name, ax.get_title())
                 assert ax.get_ylabel() and ax.get_title(), spec.name
                 assert ax.has_data()
             legend = [t.get_text() for t in figure.legends[0].get_texts()]
@@ -170,6 +170,36 @@ def test_units_in_axis_labels(runs):
     assert labels["weight_norms"] == [r"$\Vert W\Vert_F$", r"$\Vert W\Vert_F$ change (%)", r"$\Vert W\Vert_F$"]
     assert labels["subspace_shift"][0] == "principal angle (degrees)"
     assert all(label.endswith("(%)") for label in labels["edit_quality"])
+    assert labels["spectrum"][0] == r"$\sigma_{max}/\sigma_{min}$"
+    assert labels["retention_by_age"] == ["efficacy (%)", "paraphrase (%)"]
+
+
+def test_stability_figures_and_the_collapse_point(full_run, runs, tmp_path):
+    """Spectrum from the exact SVD keys, retention buckets on the x axis, and a collapse point where the
+    rule says: an X at the first checkpoint whose agreement is under the threshold, named in the page."""
+    from editscope.runs.collapse import CollapseRule
+
+    style = FigureStyle()
+    rule = CollapseRule(efficacy_below=None, ppl_rise_pct=None, agreement_below=0.85)  # agreement 1.0, 0.9, 0.8
+    loaded = load_runs([full_run, runs["encore"]], rule)
+    assert loaded[0].collapse.edits == 20 and "downstream agreement 0.80 < 0.85" in loaded[0].collapse.reason
+    assert loaded[1].collapse is None  # no downstream keys: nothing crossed
+    figures = {spec.name: spec for spec in FIGURES}
+    with style_context(style):
+        spectrum = figures["spectrum"].draw(loaded, style)
+        ages = figures["retention_by_age"].draw(loaded, style)
+        collapse = figures["collapse"].draw(loaded, style)
+    assert [ax.get_title() for ax in spectrum.axes][0] == "(a) condition number of W"
+    ticks = [t.get_text() for t in ages.axes[0].get_xticklabels()]
+    assert ticks and ticks[0] == "0-10"
+    (panel,) = collapse.axes  # only the agreement criterion is on
+    crosses = [line for line in panel.lines if line.get_marker() == "X"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [20]
+    html = build_report([full_run, runs["encore"]], tmp_path / "report", ReportConfig(dpi=72, collapse=rule))
+    page = html.read_text()
+    assert "Collapse point: the first checkpoint where downstream agreement &lt; 0.85." in page
+    assert "memit at 20 edits (downstream agreement 0.80 &lt; 0.85)" in page
+    assert "<th>collapse at (edits)</th>" in page and "<th>edited cond (0 -&gt; end)</th>" in page
 
 
 def test_out_folder_is_replaced_only_when_it_is_a_report(runs, tmp_path):
@@ -266,6 +296,8 @@ def test_report_in_headless_chromium(runs, served):
     assert title == "editscope report"
     assert severe == []
     assert len(images) == len(ALL_FIGURES) - 1  # no downstream figure for these runs
+    drawn = {src.split("/")[-1].removesuffix(".png") for src, _, _ in images}
+    assert {"spectrum", "retention_by_age", "collapse"} <= drawn
     assert all(complete and width > 0 for _, complete, width in images), images
     pixels = np.asarray(screenshot.resize((320, 1000))).reshape(-1, 3)
     colours = len(np.unique(pixels, axis=0))

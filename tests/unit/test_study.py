@@ -99,3 +99,32 @@ def test_side_by_side_jobs_follow_the_cores(monkeypatch):
     assert study.side_by_side_jobs(2) == 2 and study.side_by_side_jobs(5) == 2 and study.side_by_side_jobs(1) == 1
     monkeypatch.setattr(study, "available_cores", lambda: 1)
     assert study.side_by_side_jobs(2) == 1
+
+
+def test_stability_study_runs_each_method_on_the_same_edits():
+    """The shipped study: six runs, PRUNE, RECT and norm anchors as options of MEMIT, every fact (300 > 154 known)."""
+    import argparse
+
+    from editscope.cli.study import _study
+    from editscope.runs.collapse import CollapseRule
+    from editscope.runs.study import study_preset
+
+    preset = study_preset("stability")
+    runs = study_runs(StudyConfig(arms=preset.arms, edits=preset.edits, every=preset.every, known_only=preset.known_only, out="/s"))
+    assert [r.out for r in runs] == [f"/s/{n}" for n in ("memit", "encore", "alphaedit", "prune", "rect", "memit_nas")]
+    assert [r.editor for r in runs] == ["memit", "encore", "alphaedit", "memit", "memit", "memit"]
+    assert runs[3].editor_config == {"prune": True} and runs[4].editor_config == {"rect_keep": 0.4}
+    assert runs[5].editor_config == {"norm_anchor": True} and runs[0].editor_config == {}
+    assert {(r.edits, r.every, r.known_only) for r in runs} == {(300, 100, False)}
+    with pytest.raises(ConfigError, match="did you mean 'stability'"):
+        study_preset("stabilty")
+    flags = {"model": "smollm2-135m", "batch_size": 10, "seed": 0, "out": "/s", "quick": False, "downstream_dir": None,
+             "edits": None, "every": None, "all_facts": False, "collapse": CollapseRule()}  # fmt: skip
+    subset = _study(argparse.Namespace(**flags, study="stability", editors="prune,encore"))
+    assert [a.name for a in subset.arms] == ["encore", "prune"] and subset.edits == 300 and subset.every == 100
+    with pytest.raises(ConfigError, match="not runs of study"):
+        _study(argparse.Namespace(**flags, study="stability", editors="memit,rome"))
+    plain = _study(argparse.Namespace(**flags, study=None, editors=None))
+    assert plain.editors == ("memit", "encore") and plain.arms == () and plain.known_only
+    with pytest.raises(ConfigError, match="run names must differ"):
+        study_runs(StudyConfig(arms=preset.arms[:1] * 2))

@@ -27,23 +27,47 @@ def _print_progress(label: str, done: int, total: int, metrics: dict[str, float]
         print(f"  {time.strftime('%H:%M:%S')} {label}: {done}/{total} edits{extra}", flush=True)
 
 
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (text or "").split(",") if x.strip())
+
+
+def _study(args: argparse.Namespace):
+    """The :class:`StudyConfig` of ``demo``'s flags: a shipped study (``--study``) or editors compared."""
+    from editscope.config import ConfigError
+    from editscope.runs.study import StudyConfig, study_preset
+
+    common = {"model": args.model, "batch_size": args.batch_size, "seed": args.seed, "out": str(args.out), "quick": args.quick,
+              "downstream_dir": str(args.downstream_dir) if args.downstream_dir else None}  # fmt: skip
+    if args.study is None:
+        edits = args.edits or (20 if args.quick else StudyConfig.edits)
+        editors = _names(args.editors) or StudyConfig.editors
+        return StudyConfig(editors=editors, known_only=not args.all_facts, edits=edits, every=args.every or edits, **common)
+    preset = study_preset(args.study)
+    arms = preset.arms
+    if args.editors is not None:  # a subset of the study's runs, by name
+        wanted = _names(args.editors)
+        unknown = sorted(set(wanted) - {a.name for a in arms})
+        if unknown:
+            raise ConfigError(f"--editors {','.join(unknown)}: not runs of study {args.study!r} ({', '.join(a.name for a in arms)})")
+        arms = tuple(a for a in arms if a.name in wanted)
+    print(f"study {args.study}: {preset.description}", flush=True)
+    edits = args.edits or (20 if args.quick else preset.edits)
+    every = args.every or min(preset.every, edits)
+    return StudyConfig(arms=arms, known_only=preset.known_only and not args.all_facts, edits=edits, every=every, **common)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from editscope.report import build_report
+    from editscope.report import ReportConfig, build_report
     from editscope.runs import execute
-    from editscope.runs.study import StudyConfig, side_by_side_jobs, study_runs
+    from editscope.runs.study import side_by_side_jobs, study_runs
     from editscope.runs.summary import summarize_run
 
-    edits = args.edits or (20 if args.quick else StudyConfig.edits)
-    study = StudyConfig(
-        editors=tuple(e for e in args.editors.split(",") if e), model=args.model, known_only=not args.all_facts, edits=edits,
-        batch_size=args.batch_size, every=args.every or edits, seed=args.seed, out=str(args.out),
-        downstream_dir=str(args.downstream_dir) if args.downstream_dir else None, quick=args.quick,
-    )
+    study = _study(args)
     configs = study_runs(study)  # every run is validated before the first starts
     start = time.perf_counter()
     facts = "known facts" if study.known_only else "facts"
     for config in configs:
-        print(f"{config.editor}: {config.edits} edits of {config.data} {facts} on {config.model} -> {config.out}", flush=True)
+        print(f"{Path(config.out).name} ({config.editor}): {config.edits} edits of {config.data} {facts} on {config.model} -> {config.out}", flush=True)
     jobs = side_by_side_jobs(len(configs)) if args.jobs is None else args.jobs
     if jobs > 1:
         from editscope.runs.study import run_side_by_side
@@ -53,8 +77,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         for config in configs:
             execute(config, overwrite=args.overwrite, progress=progress_bar(config.edits, config.editor))
-    rows = [summarize_run(config.out) for config in configs]
-    report = build_report([Path(c.out) for c in configs], Path(args.out) / "report")
+    rows = [summarize_run(config.out, args.collapse) for config in configs]
+    report = build_report([Path(c.out) for c in configs], Path(args.out) / "report", ReportConfig(collapse=args.collapse))
     if args.json:
         emit_json(rows)
         return 0
@@ -73,7 +97,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     missing = [str(f) for f in args.runs if not (f / "metrics.jsonl").is_file()]
     if missing:
         raise EditscopeError(f"no metrics.jsonl in: {', '.join(missing)}")
-    rows = [summarize_run(folder) for folder in args.runs]
+    rows = [summarize_run(folder, args.collapse) for folder in args.runs]
     if args.json:
         emit_json(rows)
     else:
@@ -84,12 +108,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from editscope.report import ReportConfig, build_report
 
-    def names(text: str) -> tuple[str, ...]:
-        return tuple(x.strip() for x in text.split(",") if x.strip())
-
-    config = ReportConfig(formats=names(args.formats), dpi=args.dpi, figures=names(args.figures))
+    config = ReportConfig(formats=_names(args.formats), dpi=args.dpi, figures=_names(args.figures), collapse=args.collapse)
     print(build_report(args.runs, args.out, config))
     return 0
+
+
+def _collapse_rule(text: str):
+    from editscope.config import ConfigError
+    from editscope.runs.collapse import parse_collapse
+
+    try:
+        return parse_collapse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _collapse_flag(parser: argparse.ArgumentParser) -> None:
+    from editscope.runs.collapse import CollapseRule
+
+    parser.add_argument(
+        "--collapse", type=_collapse_rule, default=CollapseRule(), metavar="RULE",
+        help="collapse-point thresholds, e.g. efficacy_below=0.5,ppl_rise_pct=100,agreement_below=0.8 ('off' drops one; "
+             "those are the defaults)",
+    )  # fmt: skip
 
 
 def add_study_commands(sub: Any) -> None:
@@ -97,6 +138,7 @@ def add_study_commands(sub: Any) -> None:
     compare = sub.add_parser("compare", help="summary table of run folders (first checkpoint against last)")
     compare.add_argument("runs", nargs="+", type=Path, help="run folders")
     compare.add_argument("--json", action="store_true")
+    _collapse_flag(compare)
     compare.set_defaults(func=cmd_compare)
 
     report = sub.add_parser("report", help="figures (PNG, SVG) and report.html from run folders, runs overlaid")
@@ -105,6 +147,7 @@ def add_study_commands(sub: Any) -> None:
     report.add_argument("--formats", default="png,svg", help="files per figure: png first, then svg and/or pdf (default png,svg)")
     report.add_argument("--dpi", type=int, default=200, help="PNG resolution (default 200)")
     report.add_argument("--figures", default="", help="comma-separated figure names to draw (default: all), e.g. weight_norms,balance")
+    _collapse_flag(report)
     report.set_defaults(func=cmd_report)
 
     from editscope.cli.mend import add_mend_parser
@@ -112,7 +155,9 @@ def add_study_commands(sub: Any) -> None:
     add_mend_parser(sub)
 
     demo = sub.add_parser("demo", help="the study that shows the phenomenon: MEMIT against ENCORE, sequential edits, summary table")
-    demo.add_argument("--editors", default="memit,encore", help="comma-separated editors compared")
+    demo.add_argument("--editors", default=None, help="comma-separated editors compared (default memit,encore); with --study, which of its runs")
+    demo.add_argument("--study", default=None, metavar="NAME",
+                      help="a study shipped with editscope: 'stability' (MEMIT, ENCORE, AlphaEdit, PRUNE, RECT, norm-anchored MEMIT; 300 edits)")
     demo.add_argument("--model", default="smollm2-135m")
     demo.add_argument("--edits", type=int, default=None, help="edits per run (default 50; --quick 20)")
     demo.add_argument("--batch-size", type=int, default=10)
@@ -126,4 +171,5 @@ def add_study_commands(sub: Any) -> None:
     demo.add_argument("--quick", action="store_true", help="smoke check: 20 edits, smaller instrument settings")
     demo.add_argument("--overwrite", action="store_true", help="replace run folders made with other settings")
     demo.add_argument("--json", action="store_true", help="print the summary rows as JSON")
+    _collapse_flag(demo)
     demo.set_defaults(func=cmd_demo)

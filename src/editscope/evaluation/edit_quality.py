@@ -15,6 +15,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -24,6 +25,8 @@ from editscope.models.placement import input_device
 from editscope.precision import seeded
 from editscope.tokens import left_padded_batch, pad_id
 from editscope.types import EditRequest, NeighborhoodPrompt
+
+T = TypeVar("T")
 
 Pair = tuple[str, str]
 
@@ -81,7 +84,7 @@ def sample_continuations(
     return [tokenizer.decode(row[ids.shape[1] :], skip_special_tokens=True) for row in out]
 
 
-def spaced_sample(items: Sequence[EditRequest], n: int) -> list[EditRequest]:
+def spaced_sample(items: Sequence[T], n: int) -> list[T]:
     """At most ``n`` items evenly spaced over ``items`` (first and last included): early and late edits alike."""
     if len(items) <= n:
         return list(items)

@@ -9,6 +9,9 @@ Keys (retention set: at most ``retention_sample`` edited requests, evenly spaced
   ``edit/score``          harmonic mean of efficacy, paraphrase and neighborhood
   ``edit/top1``           teacher-forced token accuracy of target_new (zsRE's top-1)
   ``edit/latest/<efficacy|paraphrase|neighborhood|score>`` the same over the latest batch only
+  ``edit/age/<bucket>/<efficacy|paraphrase|n>`` retention by edit age: the retention set and the latest
+                          batch grouped by how many edits were applied after each one (``<bucket>`` is
+                          ``<lo>-<hi>``, edits ago in [lo, hi), or ``<lo>+`` for the oldest)
   ``edit/entropy``        n-gram entropy of sampled text from a fixed prompt set (fluency; also at step 0)
 """
 
@@ -20,6 +23,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editscope.config import ConfigError
 from editscope.evaluation.edit_quality import (
     Pair,
     chosen_neighbors,
@@ -49,6 +53,8 @@ class EditQualityConfig:
         generation_tokens: tokens sampled per prompt (ROME samples 100; fewer keep checkpoints cheap).
         seed: seed of the neighbor choice and the sampling.
         batch_size: scoring batch size (rows).
+        age_edges: bucket edges of retention by age, in edits applied since (ascending; the first
+            bucket is [0, edges[0]), the last [edges[-1], inf)). The latest batch has age 0.
     """
 
     retention_sample: int = 100
@@ -58,6 +64,12 @@ class EditQualityConfig:
     generation_tokens: int = 40
     seed: int = 0
     batch_size: int = 32
+    age_edges: tuple[int, ...] = (10, 30, 100, 300, 1000, 3000, 10000)
+
+    def __post_init__(self) -> None:
+        edges = list(self.age_edges)
+        if not edges or edges[0] <= 0 or edges != sorted(set(edges)):
+            raise ConfigError(f"edit_quality.age_edges: positive and strictly ascending, got {edges}")
 
 
 @register_instrument("edit_quality")
@@ -70,16 +82,18 @@ class EditQuality(Instrument):
         self.config = config or EditQualityConfig()
         self._planned: list[EditRequest] = []
         self._edited: list[EditRequest] = []
+        self._applied_by: list[int] = []  # per edited request: edits applied when its batch was done
         self._latest: list[EditRequest] = []
         self._unedited_prefers: dict[tuple[str, str, str], bool] = {}  # (prompt, answer, target_new)
         self._baselined = False
 
     def plan(self, requests: Sequence[EditRequest]) -> None:
         self._planned = list(requests)
-        self._edited, self._latest = [], []
+        self._edited, self._latest, self._applied_by = [], [], []
 
     def observe(self, requests: Sequence[EditRequest]) -> None:
         self._edited.extend(requests)
+        self._applied_by.extend([len(self._edited)] * len(requests))
         self._latest = list(requests)
 
     def _neighbors(self, request: EditRequest):
@@ -132,17 +146,50 @@ class EditQuality(Instrument):
             raise RuntimeError("edit_quality: baseline() must run on the unedited model first")
         metrics: dict[str, float] = {}
         if self._edited:
-            retained = spaced_sample(self._edited, self.config.retention_sample)
-            scores = score_pairs(model, tokenizer, self._pairs(retained) + self._pairs(self._latest), batch_size=self.config.batch_size)
+            order = spaced_sample(range(len(self._edited)), self.config.retention_sample)
+            retained = [self._edited[i] for i in order]
+            scores = score_pairs(
+                model, tokenizer, self._pairs(retained) + self._pairs(self._latest), batch_size=self.config.batch_size
+            )
             metrics.update({f"edit/{k}": v for k, v in self._scores(retained, scores).items()})
             latest = self._scores(self._latest, scores)
             metrics.update({f"edit/latest/{k}": latest[k] for k in ("efficacy", "paraphrase", "neighborhood", "score")})
             metrics["edit/retention_n"] = float(len(retained))
+            metrics.update(self._by_age(order, scores))
         prompts = [p for r in spaced_sample(self._planned, self.config.generation_prompts) for p in r.generation_prompts[:1]]
         if prompts and self.config.generation_prompts > 0:
-            texts = sample_continuations(model, tokenizer, prompts, max_new_tokens=self.config.generation_tokens, seed=self.config.seed)
+            texts = sample_continuations(
+                model, tokenizer, prompts, max_new_tokens=self.config.generation_tokens, seed=self.config.seed
+            )
             metrics["edit/entropy"] = sum(ngram_entropy(t) for t in texts) / len(texts)
         return {k: v for k, v in metrics.items() if v == v}  # NaN (no prompts of a kind) is left out
+
+    def _by_age(self, order: Sequence[int], scores: dict[Pair, Any]) -> dict[str, float]:
+        """Efficacy and paraphrase of the scored edits (retention set and latest batch) per age bucket."""
+        done = len(self._edited)
+        latest = range(done - len(self._latest), done)
+        groups: dict[str, list[EditRequest]] = {}
+        for i in sorted({*order, *latest}):
+            groups.setdefault(age_bucket(done - self._applied_by[i], self.config.age_edges), []).append(self._edited[i])
+        metrics = {}
+        for bucket, requests in groups.items():
+            metrics[f"edit/age/{bucket}/efficacy"] = _mean(
+                [prefers(scores, r.text, r.target_new, r.target_true) for r in requests]
+            )
+            para = [prefers(scores, p, r.target_new, r.target_true) for r in requests for p in self._paraphrases(r)]
+            metrics[f"edit/age/{bucket}/paraphrase"] = _mean(para)
+            metrics[f"edit/age/{bucket}/n"] = float(len(requests))
+        return metrics
+
+
+def age_bucket(age: int, edges: Sequence[int]) -> str:
+    """``"<lo>-<hi>"`` for the bucket [lo, hi) of ``edges`` holding ``age`` (edits ago); ``"<lo>+"`` past the last."""
+    lo = 0
+    for hi in edges:
+        if age < hi:
+            return f"{lo}-{hi}"
+        lo = hi
+    return f"{lo}+"
 
 
 def _mean(flags: Sequence[bool]) -> float:

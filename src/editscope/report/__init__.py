@@ -1,8 +1,9 @@
 """Figures and the HTML report from one or many run folders (``editscope report``)."""
 
 from editscope.report.build import REPORT_HTML, ReportConfig, build_report, render_figures
+from editscope.report.catalog import FIGURES
 from editscope.report.data import ReportRun, load_runs
-from editscope.report.figures import FIGURES, FigureSpec
+from editscope.report.figures import FigureSpec
 from editscope.report.style import FigureStyle
 
 __all__ = [

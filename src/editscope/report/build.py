@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from editscope.errors import EditscopeError
+from editscope.report.catalog import FIGURES
 from editscope.report.data import ReportRun, load_runs
-from editscope.report.figures import FIGURES, FigureSpec
+from editscope.report.figures import FigureSpec
 from editscope.report.html import RenderedFigure, render_html
 from editscope.report.style import FigureStyle, style_context
+from editscope.runs.collapse import CollapseRule
 from editscope.runs.summary import summarize_records
 from editscope.storage import atomic_directory
 
@@ -36,8 +38,9 @@ class ReportConfig:
         formats: files written per figure; the first must be ``png`` (shown in the page), the others
             (``svg``, ``pdf``: vector, for papers) are linked under each figure.
         dpi: resolution of the PNGs, dots per inch (200: sharp on high-density screens and in print).
-        figures: names of the figures to draw (``FIGURES`` in ``report/figures.py``); empty: all.
+        figures: names of the figures to draw (``FIGURES`` in ``report/catalog.py``); empty: all.
         style: sizes and fonts of the figures.
+        collapse: thresholds of each run's collapse point (summary table and the collapse figure).
     """
 
     title: str = "editscope report"
@@ -45,6 +48,7 @@ class ReportConfig:
     dpi: int = 200
     figures: tuple[str, ...] = ()
     style: FigureStyle = field(default_factory=FigureStyle)
+    collapse: CollapseRule = field(default_factory=CollapseRule)
 
     def __post_init__(self) -> None:
         if not self.formats or self.formats[0] != "png" or not set(self.formats) <= set(_FORMATS):
@@ -108,7 +112,7 @@ def _check_out(out: Path, runs: Sequence[ReportRun]) -> None:
 def summary_row(run: ReportRun) -> dict[str, object]:
     """The run's row of the summary table (``runs.summary``); only ``edits`` where it cannot be computed."""
     try:
-        return {"run": run.name, **summarize_records(run.records)}
+        return {"run": run.name, **summarize_records(run.records, run.collapse_rule)}
     except (KeyError, TypeError, ZeroDivisionError) as exc:
         logger.warning("%s: no summary row (%s: %s)", run.folder, type(exc).__name__, exc)
         return {"run": run.name, "edits": run.edits_done}
@@ -121,14 +125,14 @@ def build_report(runs: Sequence[str | Path], out: str | Path, config: ReportConf
     with a warning. Figures whose metrics no run measured are left out (logged at INFO).
     """
     out = Path(out)
-    loaded = load_runs([Path(r) for r in runs])
+    loaded = load_runs([Path(r) for r in runs], config.collapse)
     _check_out(out, loaded)
     rows = [summary_row(run) for run in loaded]
     with atomic_directory(out) as tmp:
         figures = render_figures(loaded, tmp / FIGURE_DIR, config)
         drawn = {f.name for f in figures}
         skipped = [spec.title for spec in _selected(config) if spec.name not in drawn]
-        html = render_html(config.title, loaded, rows, figures, root=tmp, skipped=skipped)
+        html = render_html(config.title, loaded, rows, figures, root=tmp, skipped=skipped, collapse=config.collapse.describe())
         (tmp / REPORT_HTML).write_text(html, encoding="utf-8")
     logger.info("report: %s (%d figures, %d runs)", out / REPORT_HTML, len(figures), len(loaded))
     return out / REPORT_HTML

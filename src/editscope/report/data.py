@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from editscope.errors import EditscopeError
+from editscope.runs.collapse import Collapse, CollapseRule, collapse_point
 from editscope.runs.store import CONFIG, METRICS, read_metrics_file
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class ReportRun:
         config: ``config.yaml`` as saved (empty when the folder has none).
         config_text: ``config.yaml``'s text, shown verbatim in the report.
         records: the complete checkpoint records of ``metrics.jsonl``, in edit order.
+        collapse_rule: the thresholds of the run's collapse point (shared by a report's runs).
     """
 
     name: str
@@ -51,6 +53,12 @@ class ReportRun:
     config: dict[str, Any]
     config_text: str
     records: tuple[dict[str, Any], ...]
+    collapse_rule: CollapseRule = CollapseRule()
+
+    @cached_property
+    def collapse(self) -> Collapse | None:
+        """The first checkpoint crossing ``collapse_rule``; ``None`` when none does."""
+        return collapse_point(self.records, self.collapse_rule)
 
     @cached_property
     def keys(self) -> frozenset[str]:
@@ -157,7 +165,7 @@ def run_names(folders: Sequence[Path]) -> list[str]:
     return unique
 
 
-def load_runs(folders: Sequence[str | Path]) -> list[ReportRun]:
+def load_runs(folders: Sequence[str | Path], collapse_rule: CollapseRule = CollapseRule()) -> list[ReportRun]:
     """Read every run folder; a folder without ``metrics.jsonl`` is an error, an empty one a warning."""
     if not folders:
         raise EditscopeError("report: no run folders given")
@@ -177,5 +185,5 @@ def load_runs(folders: Sequence[str | Path]) -> list[ReportRun]:
         records = sorted(read_metrics_file(path / METRICS), key=lambda r: r["edits"])
         if not records:
             logger.warning("%s: no complete checkpoint yet; the run appears without curves", path)
-        runs.append(ReportRun(name, path, config if isinstance(config, dict) else {}, text, tuple(records)))
+        runs.append(ReportRun(name, path, config if isinstance(config, dict) else {}, text, tuple(records), collapse_rule))
     return runs

@@ -51,12 +51,12 @@ class FigureSpec:
     draw: Callable[[Sequence[ReportRun], FigureStyle], Figure | None]
 
 
-def _colored(runs: Sequence[ReportRun], has: Callable[[ReportRun], bool]) -> Colored:
+def colored_runs(runs: Sequence[ReportRun], has: Callable[[ReportRun], bool]) -> Colored:
     """The runs that have what a figure needs, each with its report-wide colour."""
     return [(run, run_color(i)) for i, run in enumerate(runs) if run.records and has(run)]
 
 
-def _finish(figure: Figure, present: Colored, style: FigureStyle, title: str, extra: Sequence = ()) -> Figure:
+def finish_figure(figure: Figure, present: Colored, style: FigureStyle, title: str, extra: Sequence = ()) -> Figure:
     run_legend(figure, [r.name for r, _ in present], [c for _, c in present], style, extra)
     figure.suptitle(title, fontweight="bold")
     return figure
@@ -118,7 +118,7 @@ def _layers_over_edits(
 
 # -- weights -------------------------------------------------------------------------------------
 def weight_norms(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
-    present = _colored(runs, lambda r: bool(r.weight_params))
+    present = colored_runs(runs, lambda r: bool(r.weight_params))
     if not present:
         return None
     figure, ((over, growth, profile),) = new_figure(style, 1, 3)
@@ -140,11 +140,11 @@ def weight_norms(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None
         style_key("unedited model", style, color=REFERENCE_COLOR, linestyle="--", linewidth=style.thin_width),
         Patch(color=EDITED_SHADE, label="edited layers"),
     ]
-    return _finish(figure, present, style, f"Frobenius norm of the {_matrix_label(present[0][0])} matrices", extra)
+    return finish_figure(figure, present, style, f"Frobenius norm of the {_matrix_label(present[0][0])} matrices", extra)
 
 
 def delta_norms(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
-    present = _colored(runs, lambda r: any(k.endswith("/delta_fro") for k in r.keys) and bool(r.edited_layers))
+    present = colored_runs(runs, lambda r: any(k.endswith("/delta_fro") for k in r.keys) and bool(r.edited_layers))
     if not present:
         return None
     figure, ((over, profile),) = new_figure(style, 1, 2, panel_width=3.4)
@@ -163,14 +163,14 @@ def delta_norms(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
     )
     profile.set(title="(b) per layer, last checkpoint", ylabel=r"$\Vert W - W_0\Vert_F$")
     extra = [style_key(f"layer {layer}", style, linestyle="none", marker=marker[layer]) for layer in layers[:8]]
-    return _finish(figure, present, style, "Cumulative update norm of the edited matrices", extra)
+    return finish_figure(figure, present, style, "Cumulative update norm of the edited matrices", extra)
 
 
 def balance(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
     def part(run: ReportRun) -> str | None:
         return next((k.split("/")[1] for k in sorted(run.keys) if k.startswith("weight/") and k.endswith("/balance")), None)
 
-    present = _colored(runs, lambda r: part(r) is not None)
+    present = colored_runs(runs, lambda r: part(r) is not None)
     if not present:
         return None
     figure, ((ratio, means),) = new_figure(style, 1, 2, panel_width=3.4)
@@ -193,7 +193,7 @@ def balance(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
         style_key("unedited layers", style, linestyle="--", marker="s", markersize=style.marker_size),
         style_key("unedited model", style, color=REFERENCE_COLOR, linestyle=":", linewidth=style.thin_width),
     ]
-    return _finish(figure, present, style, "Balance: edited against unedited matrices", extra)
+    return finish_figure(figure, present, style, "Balance: edited against unedited matrices", extra)
 
 
 # -- activations and subspaces ------------------------------------------------------------------
@@ -204,7 +204,7 @@ def activation_norms(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | 
     def key(run: ReportRun, layer: int) -> str:
         return f"act/layers.{layer}.resid/norm"
 
-    present = _colored(runs, lambda r: bool(layers(r)))
+    present = colored_runs(runs, lambda r: bool(layers(r)))
     if not present:
         return None
     figure, ((over, profile),) = new_figure(style, 1, 2, panel_width=3.4)
@@ -218,7 +218,7 @@ def activation_norms(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | 
         style_key("unedited model", style, color=REFERENCE_COLOR, linestyle="--", linewidth=style.thin_width),
         Patch(color=EDITED_SHADE, label="edited layers"),
     ]
-    return _finish(figure, present, style, "Residual-stream activation norms", extra)
+    return finish_figure(figure, present, style, "Residual-stream activation norms", extra)
 
 
 def subspace_shift(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
@@ -227,7 +227,7 @@ def subspace_shift(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | No
         for s, label in (("angle_mean", "principal angle (degrees)"), ("cka", "linear CKA"))
         if any(r.site_layers("subspace", "resid", s) for r in runs)
     ]
-    present = _colored(runs, lambda r: any(r.site_layers("subspace", "resid", s) for s, _ in stats))
+    present = colored_runs(runs, lambda r: any(r.site_layers("subspace", "resid", s) for s, _ in stats))
     if not present:
         return None
     figure, axes = new_figure(style, len(stats), 2, panel_width=3.4)
@@ -249,11 +249,11 @@ def subspace_shift(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | No
         style_key("single layer", style, linewidth=style.thin_width, alpha=0.5),
         style_key("unedited model", style, color=REFERENCE_COLOR, linestyle="--", linewidth=style.thin_width),
     ]
-    return _finish(figure, present, style, "Subspace shift of the residual stream against the unedited model", extra)
+    return finish_figure(figure, present, style, "Subspace shift of the residual stream against the unedited model", extra)
 
 
 # -- edit quality and general ability ----------------------------------------------------------
-def _percent(value: float) -> float:
+def percent(value: float) -> float:
     return 100.0 * value
 
 
@@ -263,17 +263,17 @@ def edit_quality(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None
         for prefix, label in (("edit", "all edits so far"), ("edit/latest", "latest batch"))
         if any(f"{prefix}/{m}" in r.keys for r in runs for m in QUALITY)
     ]
-    present = _colored(runs, lambda r: any(f"{p}/{m}" in r.keys for p, _ in rows for m in QUALITY))
+    present = colored_runs(runs, lambda r: any(f"{p}/{m}" in r.keys for p, _ in rows for m in QUALITY))
     if not present:
         return None
     figure, axes = new_figure(style, len(rows), len(QUALITY), panel_width=2.2)
     for (prefix, label), row in zip(rows, axes):
         for metric, ax in zip(QUALITY, row):
             for run, color in present:
-                plot_series(ax, *run.series(f"{prefix}/{metric}", _percent), style, color=color)
+                plot_series(ax, *run.series(f"{prefix}/{metric}", percent), style, color=color)
             ax.set(title=f"{metric} · {label}", ylabel=f"{metric} (%)", ylim=(-4, 104))
             edits_axis(ax)
-    return _finish(figure, present, style, "Edit quality: every edit so far (retention sample) and the latest batch")
+    return finish_figure(figure, present, style, "Edit quality: every edit so far (retention sample) and the latest batch")
 
 
 def downstream(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
@@ -283,10 +283,10 @@ def downstream(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
     )
     metrics = [
         (m, label, scale)
-        for m, label, scale in (("acc", "accuracy (%)", _percent), ("mcc", "MCC", None))
+        for m, label, scale in (("acc", "accuracy (%)", percent), ("mcc", "MCC", None))
         if any(f"downstream/{t}/{m}" in r.keys for r in runs for t in tasks)
     ]
-    present = _colored(runs, lambda r: any(k.startswith("downstream/") for k in r.keys))
+    present = colored_runs(runs, lambda r: any(k.startswith("downstream/") for k in r.keys))
     if not present or not metrics:
         return None
     figure, axes = new_figure(style, len(metrics), len(tasks), panel_width=2.0)
@@ -296,13 +296,13 @@ def downstream(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
                 plot_series(ax, *run.series(f"downstream/{task}/{metric}", scale), style, color=color)
             ax.set(title=TASK_NAMES.get(task, task), ylabel=label)
             edits_axis(ax)
-    return _finish(figure, present, style, "Downstream ability (few-shot): accuracy and Matthews correlation")
+    return finish_figure(figure, present, style, "Downstream ability (few-shot): accuracy and Matthews correlation")
 
 
 def perplexity(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
     panels = sorted({k for r in runs for k in r.keys if k.startswith("ppl/")})
     panels += ["edit/entropy"] if any("edit/entropy" in r.keys for r in runs) else []
-    present = _colored(runs, lambda r: any(k in r.keys for k in panels))
+    present = colored_runs(runs, lambda r: any(k in r.keys for k in panels))
     if not present:
         return None
     figure, (row,) = new_figure(style, 1, len(panels), panel_width=3.0)
@@ -321,10 +321,10 @@ def perplexity(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
             if values and min(values) > 0 and max(values) / min(values) > 30:
                 ax.set(yscale="log", ylabel="perplexity (log scale)")  # a collapsing model's perplexity spans decades
         edits_axis(ax)
-    return _finish(figure, present, style, "Language modelling: held-out perplexity and generation fluency")
+    return finish_figure(figure, present, style, "Language modelling: held-out perplexity and generation fluency")
 
 
-FIGURES: tuple[FigureSpec, ...] = (
+CORE_FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec(
         "weight_norms",
         "Norms of edited and unedited matrices",

@@ -91,8 +91,10 @@ def _runs_table(runs: Sequence[ReportRun]) -> str:
             f'<td class="left"><code>{_e(run.folder)}</code></td>'
             "</tr>"
         )
-    header = ("<tr><th>run</th><th>editor</th><th>model</th><th>edits</th><th>checkpoints</th><th>statistics corpus</th>"
-              "<th>folder</th></tr>")
+    header = (
+        "<tr><th>run</th><th>editor</th><th>model</th><th>edits</th><th>checkpoints</th><th>statistics corpus</th>"
+        "<th>folder</th></tr>"
+    )
     return f'<div class="scroll"><table id="runs">{header}{"".join(rows)}</table></div>'
 
 
@@ -107,6 +109,17 @@ def _summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
         for row in rows
     )
     return f'<div class="scroll"><table id="summary">{header}{body}</table></div>'
+
+
+def _collapse_note(rows: Sequence[Mapping[str, Any]], rule: str) -> str:
+    """The collapse rule in words and, per collapsed run, the edits and the criterion crossed."""
+    if not rule:
+        return ""
+    collapsed = [
+        f"{row['run']} at {row['collapse_at']} edits ({row['collapse_reason']})" for row in rows if row.get("collapse_reason")
+    ]
+    verdict = "; ".join(collapsed) if collapsed else "no run crossed it"
+    return f'<p class="note" id="collapse">Collapse point: the first checkpoint where {_e(rule)}. {_e(verdict)}.</p>'
 
 
 def _figure(figure: RenderedFigure, root: Path) -> str:
@@ -134,6 +147,7 @@ def render_html(
     *,
     root: Path,
     skipped: Sequence[str] = (),
+    collapse: str = "",
 ) -> str:
     """The page; image and download links are relative to ``root`` (the folder holding the page)."""
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -159,6 +173,7 @@ def render_html(
         "".join(f'<p class="note">{_e(n)}</p>' for n in notes),
         "<h2>Summary: first checkpoint against the last</h2>",
         _summary_table(rows),
+        _collapse_note(rows, collapse),
         "<h2>Figures</h2>",
         f"<nav>{nav}</nav>",
         "".join(_figure(f, root) for f in figures),

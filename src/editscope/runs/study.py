@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from editscope.config import ConfigError, from_dict
+from editscope.registry import did_you_mean
 from editscope.runs.config import DEFAULT_INSTRUMENTS, RunConfig, load_run_config
 
 # Smaller instrument settings for smoke checks (``--quick``): same keys, coarser figures.
@@ -20,11 +26,59 @@ QUICK_INSTRUMENTS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
+class StudyArm:
+    """One run of a study: an editor with settings of its own.
+
+    Attributes:
+        name: the run folder's name (and its label in tables and figures).
+        editor: registered editor name.
+        editor_config: settings over the editor's defaults (e.g. ``{prune: true}`` for PRUNE on MEMIT).
+    """
+
+    name: str
+    editor: str
+    editor_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudyPreset:
+    """A named study shipped with editscope (``runs/studies.yaml``), run by ``editscope demo --study NAME``.
+
+    Attributes:
+        description: what the study shows, one sentence.
+        arms: the runs compared.
+        edits: edits per run (default of ``--edits``).
+        every: checkpoint interval (default of ``--every``).
+        known_only: edit only facts the model knows (``False``: every fact; needed beyond 154 demo edits).
+    """
+
+    description: str
+    arms: tuple[StudyArm, ...]
+    edits: int
+    every: int
+    known_only: bool = True
+
+
+def study_presets() -> dict[str, StudyPreset]:
+    """The studies shipped in ``runs/studies.yaml``, by name."""
+    text = resources.files("editscope.runs").joinpath("studies.yaml").read_text(encoding="utf-8")
+    return {name: from_dict(StudyPreset, data, where=f"studies.yaml:{name}") for name, data in yaml.safe_load(text).items()}
+
+
+def study_preset(name: str) -> StudyPreset:
+    presets = study_presets()
+    if name not in presets:
+        raise ConfigError(f"--study {name!r}: unknown study{did_you_mean(name, list(presets))}; known: {', '.join(sorted(presets))}")
+    return presets[name]
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """Editors compared on the same edits.
 
     Attributes:
-        editors: editor names, one run each.
+        editors: editor names, one run each (folder named after the editor); ignored when ``arms`` is set.
+        arms: runs with their own editor settings (a preset's, e.g. ``--study stability``).
         model: model for every run.
         data: edit dataset (``demo``: the bundled set).
         known_only: edit only facts the model knows (the true object ranked first: the data's
@@ -47,6 +101,7 @@ class StudyConfig:
     """
 
     editors: tuple[str, ...] = ("memit", "encore")
+    arms: tuple[StudyArm, ...] = ()
     model: str = "smollm2-135m"
     data: str = "demo"
     known_only: bool = True
@@ -73,13 +128,17 @@ def study_runs(study: StudyConfig) -> list[RunConfig]:
         for name in instruments:
             settings[name] = {**settings.get(name, {}), **QUICK_INSTRUMENTS.get(name, {})}
         settings = {k: v for k, v in settings.items() if v}
+    arms = study.arms or tuple(StudyArm(editor, editor) for editor in study.editors)
+    names = [arm.name for arm in arms]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"study: run names must differ, got {names}")
     return [
         load_run_config(None, {
-            "model": study.model, "editor": editor, "data": study.data, "known_only": study.known_only, "edits": study.edits,
-            "batch_size": study.batch_size, "every": study.every, "seed": study.seed,
-            "instruments": instruments, "instrument_config": settings, "out": str(Path(study.out) / editor),
+            "model": study.model, "editor": arm.editor, "editor_config": dict(arm.editor_config), "data": study.data,
+            "known_only": study.known_only, "edits": study.edits, "batch_size": study.batch_size, "every": study.every,
+            "seed": study.seed, "instruments": instruments, "instrument_config": settings, "out": str(Path(study.out) / arm.name),
         })
-        for editor in study.editors
+        for arm in arms
     ]
 
 
@@ -114,7 +173,7 @@ def _worker(config_data: dict[str, Any], overwrite: bool, threads: int, progress
 
     torch.set_num_threads(threads)
     config = from_dict(RunConfig, config_data, where="run")
-    labelled = functools.partial(progress, config.editor) if progress is not None else None
+    labelled = functools.partial(progress, Path(config.out).name) if progress is not None else None
     return describe(execute(config, overwrite=overwrite, progress=labelled))
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from editscope.runs.collapse import CollapseRule, collapse_point
 from editscope.runs.store import read_metrics_file
 
 _FRO = re.compile(r"^weight/(.+)/fro$")
@@ -21,6 +22,7 @@ _RESID = re.compile(r"^act/layers\.(\d+)\.resid/norm$")
 _ANGLE = re.compile(r"^subspace/layers\.(\d+)\.resid/angle_mean$")
 _CKA = re.compile(r"^subspace/layers\.(\d+)\.resid/cka$")
 _DOWN = re.compile(r"^downstream/([^/]+)/acc$")
+_AGE = re.compile(r"^edit/age/(\d+)(?:-\d+|\+)/efficacy$")
 
 COLUMNS: dict[str, str] = {
     "edits": "edits",
@@ -28,14 +30,17 @@ COLUMNS: dict[str, str] = {
     "delta_fro_mean": "mean ||dW||",
     "unedited_max_change_pct": "unedited max change %",
     "balance": "balance (0 -> end)",
+    "edited_cond": "edited cond (0 -> end)",
     "resid_norm_change_pct": "resid norm change %",
     "subspace_angle_deg": "subspace angle deg",
     "cka_min": "min CKA",
     "efficacy": "efficacy",
+    "oldest_efficacy": "efficacy, oldest edits",
     "edit_score": "edit score",
     "downstream_acc_change_pts": "downstream acc change pts",
     "ppl_change_pct": "ppl change %",
     "fluency_x100": "fluency (x100)",
+    "collapse_at": "collapse at (edits)",
 }
 
 
@@ -48,8 +53,9 @@ def _mean_over(metrics: Mapping[str, float], pattern: re.Pattern[str]) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
-def summarize_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Headline figures between the first and the last record of one run (NaN where not measured)."""
+def summarize_records(records: Sequence[Mapping[str, Any]], rule: CollapseRule = CollapseRule()) -> dict[str, Any]:
+    """Headline figures between the first and the last record of one run (NaN where not measured);
+    the collapse point by ``rule`` ("none" when no checkpoint crosses it)."""
     if not records:
         return {"edits": 0}
     first, last = records[0]["metrics"], records[-1]["metrics"]
@@ -59,6 +65,9 @@ def summarize_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         row["edited_fro_growth_pct"] = _pct(last[f"weight/{part}/edited_fro_mean"], first[f"weight/{part}/edited_fro_mean"])
         row["unedited_max_change_pct"] = 100.0 * last.get(f"weight/{part}/unedited_max_rel_change", math.nan)
         row["balance"] = f"{first[f'weight/{part}/balance']:.4f} -> {last[f'weight/{part}/balance']:.4f}"
+        cond = f"weight/{part}/edited_cond_mean"
+        if cond in first and cond in last:
+            row["edited_cond"] = f"{first[cond]:.4g} -> {last[cond]:.4g}"
     deltas = [v for k, v in last.items() if k.endswith("/delta_fro") and v > 0]
     row["delta_fro_mean"] = statistics.fmean(deltas) if deltas else 0.0
     resid_first = {k: v for k, v in first.items() if _RESID.match(k)}
@@ -68,6 +77,7 @@ def summarize_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ckas = [v for k, v in last.items() if _CKA.match(k)]
     row["cka_min"] = min(ckas) if ckas else math.nan
     row["efficacy"] = last.get("edit/efficacy", math.nan)
+    row["oldest_efficacy"] = oldest_bucket_efficacy(last)
     row["edit_score"] = last.get("edit/score", math.nan)
     changes = [100.0 * (last[k] - v) for k, v in first.items() if _DOWN.match(k) and k in last]
     # accuracies are fractions of a few hundred examples: rounding drops float noise such as -9e-16
@@ -75,7 +85,16 @@ def summarize_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ppl = [k for k in first if k.startswith("ppl/") and k in last]
     row["ppl_change_pct"] = statistics.fmean(_pct(last[k], first[k]) for k in ppl) if ppl else math.nan
     row["fluency_x100"] = fluency_x100(last.get("edit/entropy", math.nan))
+    collapse = collapse_point(records, rule)
+    row["collapse_at"] = collapse.edits if collapse else "none"
+    row["collapse_reason"] = collapse.reason if collapse else ""
     return row
+
+
+def oldest_bucket_efficacy(metrics: Mapping[str, float]) -> float:
+    """Efficacy of the oldest edits (the highest ``edit/age/<bucket>`` present); NaN without buckets."""
+    buckets = [(int(m.group(1)), v) for k, v in metrics.items() if (m := _AGE.match(k))]
+    return max(buckets)[1] if buckets else math.nan
 
 
 def fluency_x100(entropy_bits: float) -> float:
@@ -84,10 +103,10 @@ def fluency_x100(entropy_bits: float) -> float:
     return 100.0 * entropy_bits
 
 
-def summarize_run(folder: str | Path) -> dict[str, Any]:
+def summarize_run(folder: str | Path, rule: CollapseRule = CollapseRule()) -> dict[str, Any]:
     """:func:`summarize_records` of the run in ``folder``, with its name."""
     folder = Path(folder)
-    return {"run": folder.name, **summarize_records(read_metrics_file(folder / "metrics.jsonl"))}
+    return {"run": folder.name, **summarize_records(read_metrics_file(folder / "metrics.jsonl"), rule)}
 
 
 def format_value(value: Any) -> str:
