@@ -2,7 +2,10 @@
 
 Usage: python benchmarks/edit_speed.py [--model smollm2-135m] [--editors memit,...] [--json]
        [--stats-samples 1000] [--stats-seq-len 256] [--z-batch 16] [--device auto|cpu|cuda]
-       [--precision auto|fp32|bf16]
+       [--precision auto|fp32|bf16] [--study stability]
+
+``--study NAME`` times the runs of a shipped study (``editscope demo --study``) instead of
+``--editors``: each run's editor with its settings (PRUNE, RECT, norm anchors on MEMIT, ...).
 
 On a GPU every timed region ends with ``torch.cuda.synchronize``. ``--precision`` sets
 ``EDITSCOPE_PRECISION`` for the run: what every ``auto`` precision setting resolves to (``fp32``
@@ -49,6 +52,7 @@ from editscope.linalg.values import ZConfig, compute_z
 from editscope.models import load
 from editscope.models.loading import resolve_device
 from editscope.precision import OVERRIDE_ENV
+from editscope.runs.study import StudyArm, study_preset
 from editscope.types import preserved
 from machine import forward_token_cost, machine_record
 
@@ -63,8 +67,10 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_editor(lm, name, requests, stats_samples, stats_seq_len, model_name):
-    editor = build_editor(name, {"stats_samples": stats_samples, "stats_seq_len": stats_seq_len} if is_locate(name) else {}, model_name=model_name)
+def time_editor(lm, arm: StudyArm, requests, stats_samples, stats_seq_len, model_name):
+    name = arm.editor
+    sizes = {"stats_samples": stats_samples, "stats_seq_len": stats_seq_len} if is_locate(name) else {}
+    editor = build_editor(name, {**sizes, **arm.editor_config}, model_name=model_name)
     if hasattr(editor, "prepare"):
         editor.prepare(lm.model, lm.tokenizer)  # statistics and templates: excluded from timing
     out = {}
@@ -93,6 +99,7 @@ def main() -> None:
     parser.add_argument("--skip-stats", action="store_true", help="skip the statistics and forward throughput part")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, ...")
     parser.add_argument("--precision", default=None, help="EDITSCOPE_PRECISION for this run: auto, fp32 or bf16")
+    parser.add_argument("--study", default=None, help="time the runs of this shipped study (e.g. stability) instead of --editors")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -145,11 +152,12 @@ def main() -> None:
     logging.info("z* %s", result["z_batched_vs_looped"])
 
     result["editors"] = {}
-    for name in args.editors.split(","):
-        timed = time_editor(lm, name, requests, args.stats_samples, args.stats_seq_len, args.model)
+    arms = study_preset(args.study).arms if args.study else [StudyArm(n, n) for n in args.editors.split(",")]
+    for arm in arms:
+        timed = time_editor(lm, arm, requests, args.stats_samples, args.stats_seq_len, args.model)
         timed["batch10_forward_tokens_per_edit"] = forward_token_cost(timed["batch10_s_per_edit"], machine)
-        result["editors"][name] = timed
-        logging.info("%s %s", name, result["editors"][name])
+        result["editors"][arm.name] = timed
+        logging.info("%s %s", arm.name, result["editors"][arm.name])
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps(result, indent=2) if args.json else result)
 
