@@ -108,6 +108,11 @@ def test_lora_norms_are_those_of_the_merged_matrix(tiny_folder, tmp_path):
         assert norms[f"weight/{name}/delta_fro"] == pytest.approx(float((weight.double() - reference[name].double()).norm()), rel=1e-12, abs=1e-12)
     assert norms["weight/model.layers.0.mlp.down_proj.weight/delta_fro"] > 0
     assert norms["weight/model.embed_tokens.weight/delta_fro"] == 0.0
+    for name in merged:  # ||W||^2 = ||W0||^2 + 2<W0, dW> + ||dW||^2
+        w0 = float(reference[name].double().norm()) ** 2
+        parts = w0 + norms[f"weight/{name}/cross"] + norms[f"weight/{name}/delta_fro"] ** 2
+        assert norms[f"weight/{name}/fro"] ** 2 == pytest.approx(parts, rel=1e-12)
+    assert norms["weight/model.layers.0.mlp.down_proj.weight/cross"] != 0.0
 
 
 # -- runs --------------------------------------------------------------------------------------

@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     from editscope.cli.weights import add_weight_commands
 
     add_study_commands(sub)
+    from editscope.cli.findings import add_findings_parser
+
+    add_findings_parser(sub)
     add_scale_commands(sub)
     add_weight_commands(sub)
     return parser

@@ -4,7 +4,10 @@
 parameter's name in the plain model (``model.layers.4.mlp.down_proj.weight``). For a LoRA model the
 matrix is the merged ``W0 + (alpha / r) B A``, computed by peft's own ``get_delta_weight`` (the
 update ``merge_and_unload`` adds), so the figures equal those of the merged checkpoint.
-Both are accumulated in float64.
+``weight/<param>/cross`` is 2⟨W0, W − W0⟩, the first-order part of the norm change:
+‖W‖² − ‖W0‖² = 2⟨W0, ΔW⟩ + ‖ΔW‖². Early in training ‖ΔW‖² is second order and the sign of the
+change follows the cross term; the norm grows for sure only once ‖ΔW‖² outweighs it.
+All are accumulated in float64.
 """
 
 from __future__ import annotations
@@ -59,8 +62,14 @@ def delta_fro(matrix: Tensor, reference: Tensor) -> float:
     return float(torch.linalg.vector_norm(matrix.detach().double() - reference.double().to(matrix.device)))
 
 
+def cross_term(matrix: Tensor, reference: Tensor) -> float:
+    """2⟨W0, W − W0⟩ (Frobenius inner product), in float64."""
+    w0 = reference.double().to(matrix.device)
+    return 2.0 * float((w0 * (matrix.detach().double() - w0)).sum())
+
+
 def matrix_norms(model: nn.Module, reference: Mapping[str, Tensor]) -> dict[str, float]:
-    """``weight/<param>/fro`` and ``weight/<param>/delta_fro`` for every matrix of ``reference``."""
+    """``weight/<param>/fro``, ``delta_fro`` and ``cross`` for every matrix of ``reference``."""
     out: dict[str, float] = {}
     seen = set()
     for name, matrix in current_matrices(model):
@@ -69,6 +78,7 @@ def matrix_norms(model: nn.Module, reference: Mapping[str, Tensor]) -> dict[str,
         seen.add(name)
         out[f"weight/{name}/fro"] = fro(matrix)
         out[f"weight/{name}/delta_fro"] = delta_fro(matrix, reference[name])
+        out[f"weight/{name}/cross"] = cross_term(matrix, reference[name])
     missing = sorted(set(reference) - seen)
     if missing:
         raise KeyError(f"matrices of the reference missing from the model: {missing[:5]}")

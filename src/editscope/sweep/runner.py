@@ -47,8 +47,16 @@ def run_sweep(
     sweep: SweepConfig, *, backend: Backend = "auto", ray_address: str | None = None, listener: Listener | None = None
 ) -> SweepReport:
     """Run every grid point of ``sweep`` into ``sweep.root``; ``listener`` hears each outcome as it comes."""
+    return run_planned(expand(sweep), sweep, backend=backend, ray_address=ray_address, listener=listener)  # validated first
+
+
+def run_planned(
+    runs: list[SweepRun], sweep: SweepConfig, *, backend: Backend = "auto", ray_address: str | None = None,
+    listener: Listener | None = None,
+) -> SweepReport:
+    """Run ``runs`` (validated run configs, e.g. ``editscope findings``'s) with ``sweep``'s resources and
+    retries, on Ray or in process; finished run folders are skipped."""
     start = time.perf_counter()
-    runs = expand(sweep)  # every config is validated before anything runs
     chosen = choose_backend(backend, ray_address)
     todo, skipped = pending_runs(runs)
     notify = listener or (lambda outcome: None)

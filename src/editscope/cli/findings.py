@@ -1,0 +1,48 @@
+"""``editscope findings``: run what each claim needs, judge it, write findings.html."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from editscope.cli.output import emit_json, format_table
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    from editscope.findings import FindingsConfig, run_findings
+    from editscope.findings.page import PAGE, findings_json
+    from editscope.findings.plan import EDITORS
+
+    editors = tuple(e.strip() for e in args.editors.split(",") if e.strip()) if args.editors else EDITORS
+    config = FindingsConfig(
+        model=args.model, budget=args.budget, out=str(args.out), editors=editors, mend_checkpoint=args.mend_checkpoint,
+        downstream_dir=str(args.downstream_dir) if args.downstream_dir else None, backend=args.backend,
+        ray_address=args.ray_address, threads=args.threads, device=args.device,
+    )  # fmt: skip
+    findings = run_findings(config)
+    if args.json:
+        emit_json(findings_json(findings))
+        return 0
+    print(format_table([[f"claim {v.claim}", v.subject, v.verdict, v.reason] for v in findings.verdicts], ["claim", "subject", "verdict", "measured"]))
+    print(f"\nFindings: {Path(args.out) / PAGE}")
+    return 0
+
+
+def add_findings_parser(sub: Any) -> None:
+    from editscope.findings.plan import BUDGETS, EDITORS
+
+    findings = sub.add_parser("findings", help="each claim of the research measured on a model, with a verdict (findings.html)")
+    findings.add_argument("--model", default="smollm2-135m")
+    findings.add_argument("--budget", default="standard", choices=list(BUDGETS),
+                          help="quick: a smoke check in minutes; standard: about an hour on a 2-core CPU; full: the papers' scale, for a GPU")  # fmt: skip
+    findings.add_argument("--out", type=Path, required=True, help="findings folder (run folders, report, findings.html); reused on a rerun")
+    findings.add_argument("--editors", default=None, help=f"editor families (default {','.join(EDITORS)})")
+    findings.add_argument("--mend-checkpoint", default=None, metavar="DIR", help="trained MEND hypernetwork (without it MEND is not run)")
+    findings.add_argument("--downstream-dir", type=Path, default=None, metavar="DIR", help="few-shot GLUE/MMLU task files (claim 4)")
+    findings.add_argument("--backend", default="auto", choices=["auto", "ray", "inprocess"], help="where the editing runs go")
+    findings.add_argument("--ray-address", default=None)
+    findings.add_argument("--threads", type=int, default=1, help="torch threads per editing run")
+    findings.add_argument("--device", default="auto", help="device of the post-training runs")
+    findings.add_argument("--json", action="store_true", help="print findings.json instead of the table")
+    findings.set_defaults(func=cmd_findings)

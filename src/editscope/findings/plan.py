@@ -1,0 +1,92 @@
+"""What ``editscope findings`` runs for each budget: three post-training runs and one sequential
+editing run per editor family, every one a run folder under the findings folder (resumable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from editscope.config import ConfigError
+from editscope.posttrain.config import PosttrainConfig, load_posttrain_config
+from editscope.runs.config import DEFAULT_INSTRUMENTS, RunConfig, load_run_config
+
+POSTTRAIN_MODES = ("cpt", "full", "lora")
+EDITORS = ("ft", "mend", "rome", "memit", "emmet", "alphaedit", "encore")
+"""Claim 2's families (FT, MEND, ROME, MEMIT, EMMET, AlphaEdit) and claim 4's norm control (ENCORE)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long each part of the findings runs.
+
+    Attributes:
+        posttrain_steps: optimizer steps of each post-training run.
+        posttrain_every: steps between norm records (the trend is read from them).
+        posttrain_batch: sequences per step.
+        posttrain_seq_len: tokens per sequence (continued pre-training windows; pairs are cut to it).
+        edits: sequential edits per editor.
+        batch_size: edits per editor call (ROME applies a call's edits one after another, as its paper does).
+        every: edits between checkpoints.
+        downstream_examples: examples per downstream task (100 resolves a 5-point change).
+        eval_windows: held-out perplexity windows of the post-training runs.
+    """
+
+    posttrain_steps: int
+    posttrain_every: int
+    posttrain_batch: int
+    posttrain_seq_len: int
+    edits: int
+    batch_size: int
+    every: int
+    downstream_examples: int
+    eval_windows: int
+
+
+BUDGETS: dict[str, Budget] = {
+    # a smoke check in minutes: every part runs, the numbers are too short to judge much
+    "quick": Budget(posttrain_steps=12, posttrain_every=4, posttrain_batch=2, posttrain_seq_len=64, edits=20, batch_size=5,
+                    every=10, downstream_examples=20, eval_windows=2),  # fmt: skip
+    # about an hour on a 2-core AVX2 CPU with SmolLM2-135M
+    "standard": Budget(posttrain_steps=150, posttrain_every=25, posttrain_batch=4, posttrain_seq_len=128, edits=100, batch_size=10,
+                       every=25, downstream_examples=100, eval_windows=8),  # fmt: skip
+    # the papers' scale, for a GPU: 10,000 edits in batches of 100 (the ENCORE paper's setting)
+    "full": Budget(posttrain_steps=3000, posttrain_every=250, posttrain_batch=8, posttrain_seq_len=256, edits=10000, batch_size=100,
+                   every=1000, downstream_examples=100, eval_windows=16),  # fmt: skip
+}
+
+
+def budget_of(name: str) -> Budget:
+    if name not in BUDGETS:
+        raise ConfigError(f"--budget {name!r}: one of {', '.join(BUDGETS)}")
+    return BUDGETS[name]
+
+
+def posttrain_configs(model: str, budget: Budget, out: Path, device: str = "auto") -> list[PosttrainConfig]:
+    """The three post-training runs (shipped settings of each mode), ``out/posttrain/<mode>``."""
+    return [
+        load_posttrain_config(overrides={
+            "mode": mode, "model": model, "steps": budget.posttrain_steps, "every": budget.posttrain_every,
+            "batch_size": budget.posttrain_batch, "seq_len": budget.posttrain_seq_len, "eval_windows": budget.eval_windows,
+            "save_model": False, "device": device, "out": str(out / "posttrain" / mode),
+        })  # fmt: skip
+        for mode in POSTTRAIN_MODES
+    ]
+
+
+def edit_configs(
+    model: str, budget: Budget, out: Path, *, editors: tuple[str, ...] = EDITORS, downstream_dir: str | None = None,
+    editor_settings: dict[str, dict] | None = None, instrument_settings: dict[str, dict] | None = None,
+) -> list[RunConfig]:
+    """One sequential run per editor on the same demo edits, ``out/edits/<editor>``."""
+    instruments = [*DEFAULT_INSTRUMENTS, *(["downstream"] if downstream_dir else [])]
+    settings = {"downstream": {"data_dir": downstream_dir, "n_examples": budget.downstream_examples}} if downstream_dir else {}
+    for name, values in (instrument_settings or {}).items():
+        settings[name] = {**settings.get(name, {}), **values}
+    return [
+        load_run_config(None, {
+            "model": model, "editor": editor, "editor_config": dict((editor_settings or {}).get(editor, {})), "data": "demo",
+            "edits": budget.edits, "batch_size": budget.batch_size, "every": budget.every,
+            "seed": 0, "instruments": instruments, "instrument_config": settings, "out": str(out / "edits" / editor),
+        })  # fmt: skip
+        for editor in editors
+    ]

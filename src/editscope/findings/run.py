@@ -1,0 +1,137 @@
+"""``run_findings``: run (or reuse) everything the claims need, then judge each claim and write the page.
+
+Post-training runs go one after another in this process (each resumes from its ``state/``); the
+editing runs go through the sweep machinery (:func:`editscope.sweep.runner.run_planned`), so they
+can run on a Ray cluster, and finished folders are skipped. Nothing is judged until every run is done.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from editscope.config import ConfigError
+from editscope.findings.evidence import EditEvidence, PosttrainEvidence, edit_evidence, posttrain_evidence
+from editscope.findings.plan import EDITORS, budget_of, edit_configs, posttrain_configs
+from editscope.findings.rules import Rules, Verdict, claim1, claim2, claim3, claim4, degrades
+from editscope.posttrain.config import PosttrainConfig
+from editscope.runs.store import RunStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FindingsConfig:
+    """One ``editscope findings`` call.
+
+    Attributes:
+        model: the model every run uses.
+        budget: ``quick``, ``standard`` or ``full`` (:data:`editscope.findings.plan.BUDGETS`).
+        out: the findings folder (``posttrain/<mode>``, ``edits/<editor>``, ``report/``, ``findings.html``).
+        editors: editor families run sequentially (MEND only with ``mend_checkpoint``).
+        mend_checkpoint: a trained MEND hypernetwork for ``model`` (``editscope mend train``).
+        editor_settings: ``{editor: {hyperparameter: value}}`` over each editor's defaults.
+        instrument_settings: ``{instrument: {field: value}}`` for every editing run.
+        downstream_dir: few-shot task files (claim 4 needs them).
+        backend: where the editing runs go (``auto``: Ray where installed, else in process).
+        ray_address: a Ray cluster to join.
+        threads: torch threads per editing run.
+        device: device of the post-training runs.
+    """
+
+    model: str = "smollm2-135m"
+    budget: str = "standard"
+    out: str = "runs/findings"
+    editors: tuple[str, ...] = EDITORS
+    mend_checkpoint: str | None = None
+    editor_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    instrument_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    downstream_dir: str | None = None
+    backend: str = "auto"
+    ray_address: str | None = None
+    threads: int = 1
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What the page shows: the evidence, every verdict, and what was not run."""
+
+    config: FindingsConfig
+    posttrain: tuple[PosttrainEvidence, ...]
+    edits: tuple[EditEvidence, ...]
+    verdicts: tuple[Verdict, ...]
+    not_run: dict[str, str] = field(default_factory=dict)
+    rules: Rules = Rules()
+
+
+def planned_editors(config: FindingsConfig) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The editors to run and, for those left out, why."""
+    unknown = sorted(set(config.editors) - set(EDITORS))
+    if unknown:
+        raise ConfigError(f"findings --editors: {', '.join(unknown)} not among {', '.join(EDITORS)}")
+    not_run = {}
+    editors = tuple(e for e in EDITORS if e in config.editors)
+    if "mend" in editors and config.mend_checkpoint is None:
+        not_run["mend"] = "no trained hypernetwork: train one with `editscope mend train` and pass --mend-checkpoint"
+        editors = tuple(e for e in editors if e != "mend")
+    return editors, not_run
+
+
+def run_posttrain_resumable(config: PosttrainConfig) -> list[dict[str, Any]]:
+    """The run's records: read back when complete, continued from ``state/`` when begun, else run."""
+    from editscope.posttrain.loop import run_posttrain
+
+    store = RunStore(config.out, PosttrainConfig, position="step")
+    if store.is_complete(config, config.steps):
+        logger.info("%s: already complete", config.out)
+        return store.read_metrics()
+    begun = store.saved_config() is not None
+    return run_posttrain(config, resume=begun)
+
+
+def judge(posttrain: list[PosttrainEvidence], edits: list[EditEvidence], rules: Rules = Rules()) -> list[Verdict]:
+    """Every verdict, claim by claim (claim 4: each editor's part, then the study's)."""
+    verdicts = [claim1(e, rules) for e in posttrain]
+    verdicts += [claim2(e, rules) for e in edits if e.editor != "encore"]
+    verdicts += [claim3(e, rules) for e in edits if e.editor != "encore"]
+    verdicts += [degrades(e, rules) for e in edits]
+    verdicts.append(claim4(edits, rules))
+    return verdicts
+
+
+def run_findings(config: FindingsConfig) -> Findings:
+    """Run what is missing, judge, and write ``findings.html``, ``findings.json`` and the edit runs' report."""
+    from editscope.findings.page import write_findings
+    from editscope.report import build_report, load_runs
+    from editscope.sweep.config import Resources, SweepConfig, SweepRun
+    from editscope.sweep.runner import run_planned
+
+    out = Path(config.out)
+    budget = budget_of(config.budget)
+    editors, not_run = planned_editors(config)
+    settings = {editor: dict(values) for editor, values in config.editor_settings.items()}
+    if config.mend_checkpoint:
+        settings["mend"] = {**settings.get("mend", {}), "checkpoint": config.mend_checkpoint}
+    trainings = posttrain_configs(config.model, budget, out, config.device)
+    runs = edit_configs(config.model, budget, out, editors=editors, downstream_dir=config.downstream_dir, editor_settings=settings,
+                        instrument_settings=config.instrument_settings)  # fmt: skip
+    for c in trainings:  # every folder is checked before anything runs
+        store = RunStore(c.out, PosttrainConfig, position="step")
+        store.check_claim(c, resume=store.saved_config() is not None, overwrite=False)
+    records = {c.mode: run_posttrain_resumable(c) for c in trainings}
+    sweep = SweepConfig(root=str(out / "edits"), resources=Resources(num_cpus=config.threads), max_retries=1)
+    report = run_planned([SweepRun(c.editor, (("editor", c.editor),), c) for c in runs], sweep,
+                         backend=config.backend, ray_address=config.ray_address)  # type: ignore[arg-type]  # fmt: skip
+    failed = [o for o in report.outcomes if o.status == "failed"]
+    if failed:
+        raise ConfigError(f"findings: editing runs failed: {', '.join(f'{o.name} ({o.error})' for o in failed)}")
+    loaded = load_runs([c.out for c in runs])
+    build_report([c.out for c in runs], out / "report")
+    posttrain = [posttrain_evidence(mode, rec) for mode, rec in records.items()]
+    edits = [edit_evidence(run) for run in loaded]
+    findings = Findings(config, tuple(posttrain), tuple(edits), tuple(judge(posttrain, edits)), not_run)
+    write_findings(findings, out)
+    return findings
