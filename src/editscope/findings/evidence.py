@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from editscope.evaluation.tasks import TASKS
-from editscope.report.data import ReportRun
+from editscope.report.data import ReportRun, mean_curve
 
 _FRO = re.compile(r"^weight/(.+)/fro$")
 _DOWN = re.compile(r"^downstream/([^/]+)/acc$")
@@ -130,12 +130,7 @@ def _part(run: ReportRun) -> str | None:
 
 def _site_means(run: ReportRun, key_of: Any, layers: list[int], relative: bool) -> tuple[float, ...]:
     """Per checkpoint, the mean over ``layers`` of a site statistic (relative: % change against step 0)."""
-    curves = [(run.relative_series if relative else run.series)(key_of(layer)) for layer in layers]
-    curves = [c for c in curves if c[0]]
-    if not curves:
-        return ()
-    common = sorted(set.intersection(*(set(xs) for xs, _ in curves)))
-    return tuple(statistics.fmean(ys[xs.index(x)] for xs, ys in curves) for x in common)
+    return tuple(mean_curve([(run.relative_series if relative else run.series)(key_of(layer)) for layer in layers])[1])
 
 
 def edit_evidence(run: ReportRun) -> EditEvidence:

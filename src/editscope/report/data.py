@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import statistics
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,13 @@ class ReportRun:
             if isinstance(source, list) and source and all(isinstance(x, int) for x in source):
                 return tuple(sorted(source))
         return ()
+
+
+def mean_curve(curves: Sequence[tuple[list[int], list[float]]]) -> tuple[list[int], list[float]]:
+    """The mean of several ``(xs, ys)`` series at the x values they all have."""
+    curves = [c for c in curves if c[0]]
+    common = sorted(set.intersection(*(set(xs) for xs, _ in curves))) if curves else []
+    return common, [statistics.fmean(ys[xs.index(x)] for xs, ys in curves) for x in common]
 
 
 def run_names(folders: Sequence[Path]) -> list[str]:

@@ -9,7 +9,6 @@ checkpoint with the unedited model (step 0, black dashed).
 from __future__ import annotations
 
 import re
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from editscope.report.data import ReportRun
+from editscope.report.data import ReportRun, mean_curve
 from editscope.report.style import (
     EDITED_SHADE,
     LAYER_MARKERS,
@@ -107,13 +106,15 @@ def _layers_over_edits(
         curves = [
             (run.relative_series if relative else run.series)(key(run, layer)) for layer in layers_of(run) if layer >= start
         ]
-        curves = [c for c in curves if c[0]]
-        for xs, ys in curves:
-            plot_series(ax, xs, ys, style, color=color, emphasized=False, alpha=0.35, zorder=2)
-        common = sorted(set.intersection(*(set(xs) for xs, _ in curves))) if curves else []
-        means = [statistics.fmean(ys[xs.index(x)] for xs, ys in curves) for x in common]
-        plot_series(ax, common, means, style, color=color, zorder=3)
+        curves_and_mean(ax, curves, color, style)
     edits_axis(ax)
+
+
+def curves_and_mean(ax: Axes, curves: Sequence[tuple[list[int], list[float]]], color: str, style: FigureStyle) -> None:
+    """Each curve thin and faint, their mean (where all have a point) bold, in one run's colour."""
+    for xs, ys in curves:
+        plot_series(ax, xs, ys, style, color=color, emphasized=False, alpha=0.35, zorder=2)
+    plot_series(ax, *mean_curve(curves), style, color=color, zorder=3)
 
 
 # -- weights -------------------------------------------------------------------------------------

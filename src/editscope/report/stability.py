@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from editscope.report.data import ReportRun
-from editscope.report.figures import Colored, FigureSpec, colored_runs, finish_figure, percent
+from editscope.report.figures import Colored, FigureSpec, colored_runs, curves_and_mean, finish_figure, percent
 from editscope.report.style import REFERENCE_COLOR, FigureStyle, edits_axis, new_figure, plot_series, style_key
 
 _AGE = re.compile(r"^edit/age/(\d+)(-\d+|\+)/efficacy$")
@@ -25,12 +25,7 @@ def _edited_params(run: ReportRun, statistic: str) -> list[str]:
 def _edited_mean(ax: Axes, present: Colored, statistic: str, style: FigureStyle) -> None:
     """Each edited matrix's ``statistic`` over edits (thin) and their mean (bold)."""
     for run, color in present:
-        curves = [run.series(f"weight/{p}/{statistic}") for p in _edited_params(run, statistic)]
-        for xs, ys in curves:
-            plot_series(ax, xs, ys, style, color=color, emphasized=False, alpha=0.35, zorder=2)
-        common = sorted(set.intersection(*(set(xs) for xs, _ in curves))) if curves else []
-        means = [statistics.fmean(ys[xs.index(x)] for xs, ys in curves) for x in common]
-        plot_series(ax, common, means, style, color=color, zorder=3)
+        curves_and_mean(ax, [run.series(f"weight/{p}/{statistic}") for p in _edited_params(run, statistic)], color, style)
     edits_axis(ax)
 
 
