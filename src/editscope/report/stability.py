@@ -3,7 +3,6 @@ and each run's collapse point. Same conventions as :mod:`editscope.report.figure
 
 from __future__ import annotations
 
-import re
 import statistics
 from collections.abc import Sequence
 
@@ -13,8 +12,7 @@ from matplotlib.figure import Figure
 from editscope.report.data import ReportRun
 from editscope.report.figures import Colored, FigureSpec, colored_runs, curves_and_mean, finish_figure, percent
 from editscope.report.style import REFERENCE_COLOR, FigureStyle, edits_axis, new_figure, plot_series, style_key
-
-_AGE = re.compile(r"^edit/age/(\d+)(-\d+|\+)/efficacy$")
+from editscope.runs.summary import AGE_EFFICACY
 
 
 def _edited_params(run: ReportRun, statistic: str) -> list[str]:
@@ -49,12 +47,12 @@ def spectrum(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
 
 def age_buckets(record: dict) -> list[tuple[int, str]]:
     """``(lower edge, label)`` of the age buckets in one checkpoint record, youngest first."""
-    found = {(int(m.group(1)), m.group(1) + m.group(2)) for k in record["metrics"] if (m := _AGE.match(k))}
+    found = {(int(m.group(1)), m.group(1) + m.group(2)) for k in record["metrics"] if (m := AGE_EFFICACY.match(k))}
     return sorted(found)
 
 
 def retention_by_age(runs: Sequence[ReportRun], style: FigureStyle) -> Figure | None:
-    present = colored_runs(runs, lambda r: any(_AGE.match(k) for k in r.keys))
+    present = colored_runs(runs, lambda r: any(AGE_EFFICACY.match(k) for k in r.keys))
     if not present:
         return None
     labels = sorted({b for run, _ in present for rec in run.records for b in age_buckets(rec)})

@@ -22,7 +22,8 @@ _RESID = re.compile(r"^act/layers\.(\d+)\.resid/norm$")
 _ANGLE = re.compile(r"^subspace/layers\.(\d+)\.resid/angle_mean$")
 _CKA = re.compile(r"^subspace/layers\.(\d+)\.resid/cka$")
 _DOWN = re.compile(r"^downstream/([^/]+)/acc$")
-_AGE = re.compile(r"^edit/age/(\d+)(?:-\d+|\+)/efficacy$")
+AGE_EFFICACY = re.compile(r"^edit/age/(\d+)(-\d+|\+)/efficacy$")
+"""``edit/age/<bucket>/efficacy``: group 1 the bucket's lower edge, group 2 the rest of its label."""
 
 COLUMNS: dict[str, str] = {
     "edits": "edits",
@@ -93,7 +94,7 @@ def summarize_records(records: Sequence[Mapping[str, Any]], rule: CollapseRule =
 
 def oldest_bucket_efficacy(metrics: Mapping[str, float]) -> float:
     """Efficacy of the oldest edits (the highest ``edit/age/<bucket>`` present); NaN without buckets."""
-    buckets = [(int(m.group(1)), v) for k, v in metrics.items() if (m := _AGE.match(k))]
+    buckets = [(int(m.group(1)), v) for k, v in metrics.items() if (m := AGE_EFFICACY.match(k))]
     return max(buckets)[1] if buckets else math.nan
 
 
