@@ -112,6 +112,10 @@ def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
             continue
         verdict = next(v for v in data["verdicts"] if v["claim"] == 2 and v["subject"] == name)
         assert claim2(edit_evidence(run)).verdict == verdict["verdict"], name
+    # downstream ability is measured at the two ends only (claim 4 reads those), the rest at every checkpoint
+    memit_records = runs["memit"].records
+    assert [any(k.startswith("downstream/") for k in r["metrics"]) for r in memit_records] == [True, False, True]
+    assert all(any(k.startswith("ppl/") for k in r["metrics"]) for r in memit_records)
     # flip a number: MEMIT's edited norms end below their start -> claim 2 does not hold for it
     memit = out / "edits" / "memit" / "metrics.jsonl"
     lines = [json.loads(x) for x in memit.read_text().splitlines()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from tests.conftest import kill_repeatedly, shared_data
 
-from editscope.config import ConfigError
+from editscope.config import ConfigError, to_dict
 from editscope.runs import RunConfig, RunStore, execute, load_run_config, read_metrics_file
 from editscope.runs.schedule import batch_ends, checkpoints
 from editscope.sweep.task import torch_threads
@@ -238,6 +239,28 @@ def test_downstream_step_zero_comes_from_the_baseline(tiny_folder, tmp_path):
     assert first["metrics"]["time/downstream_s"] < 0.01  # the baseline's predictions, not a second pass
     assert set(k for k in last["metrics"] if k.startswith("downstream/")) == set(k for k in first["metrics"] if k.startswith("downstream/"))
     assert first["metrics"]["ppl/default"] > 1.0
+
+
+def test_ends_only_instruments_skip_the_middle_checkpoints(tiny_folder, tmp_path):
+    data_dir = shared_data("knowledge_editing_glue_eval/jsonl")
+    settings = {"downstream": {"data_dir": str(data_dir), "tasks": ["cola"], "n_examples": 8, "n_shots": 0},
+                "perplexity": {"n_windows": 2, "seq_len": 32}}  # fmt: skip
+    config = tiny_config(tiny_folder, tmp_path / "ends", edits=10, every=5, instruments=["downstream", "perplexity"],
+                         instrument_config=settings, ends_only=["downstream"])  # fmt: skip
+    execute(config)
+    records = read_metrics_file(tmp_path / "ends" / "metrics.jsonl")
+    assert [r["edits"] for r in records] == [0, 5, 10]
+    has_downstream = ["downstream/cola/acc" in r["metrics"] for r in records]
+    assert has_downstream == [True, False, True]
+    assert all("ppl/default" in r["metrics"] for r in records)
+    # an empty ends_only leaves the digest of run folders made before the field existed unchanged
+    plain = tiny_config(tiny_folder, tmp_path / "plain")
+    data = {k: v for k, v in to_dict(plain).items() if k not in ("out", "device_map", "ends_only")}
+    assert plain.digest() == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    assert config.digest() != tiny_config(tiny_folder, tmp_path / "x", edits=10, every=5, instruments=["downstream", "perplexity"],
+                                          instrument_config=settings).digest()  # fmt: skip
+    with pytest.raises(ConfigError, match="run.ends_only: subspace not among"):
+        tiny_config(tiny_folder, tmp_path / "y", ends_only=["subspace"], instruments=["weights"], instrument_config={})
 
 
 def test_cli_compare(finished_run, capsys, tmp_path):

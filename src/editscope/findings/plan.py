@@ -28,6 +28,8 @@ class Budget:
         batch_size: edits per editor call (ROME applies a call's edits one after another, as its paper does).
         every: edits between checkpoints.
         downstream_examples: examples per downstream task (100 resolves a 5-point change).
+        downstream_ends_only: measure downstream ability only before the first edit and after the last
+            (claim 4 reads those two; on a CPU the few-shot passes cost more than the edits).
         eval_windows: held-out perplexity windows of the post-training runs.
     """
 
@@ -39,19 +41,20 @@ class Budget:
     batch_size: int
     every: int
     downstream_examples: int
+    downstream_ends_only: bool
     eval_windows: int
 
 
 BUDGETS: dict[str, Budget] = {
     # a smoke check in minutes: every part runs, the numbers are too short to judge much
     "quick": Budget(posttrain_steps=12, posttrain_every=4, posttrain_batch=2, posttrain_seq_len=64, edits=20, batch_size=5,
-                    every=10, downstream_examples=20, eval_windows=2),  # fmt: skip
+                    every=10, downstream_examples=20, downstream_ends_only=True, eval_windows=2),  # fmt: skip
     # about an hour on a 2-core AVX2 CPU with SmolLM2-135M
     "standard": Budget(posttrain_steps=150, posttrain_every=25, posttrain_batch=4, posttrain_seq_len=128, edits=100, batch_size=10,
-                       every=25, downstream_examples=100, eval_windows=8),  # fmt: skip
+                       every=25, downstream_examples=100, downstream_ends_only=True, eval_windows=8),  # fmt: skip
     # the papers' scale, for a GPU: 10,000 edits in batches of 100 (the ENCORE paper's setting)
     "full": Budget(posttrain_steps=3000, posttrain_every=250, posttrain_batch=8, posttrain_seq_len=256, edits=10000, batch_size=100,
-                   every=1000, downstream_examples=100, eval_windows=16),  # fmt: skip
+                   every=1000, downstream_examples=100, downstream_ends_only=False, eval_windows=16),  # fmt: skip
 }
 
 
@@ -87,6 +90,7 @@ def edit_configs(
             "model": model, "editor": editor, "editor_config": dict((editor_settings or {}).get(editor, {})), "data": "demo",
             "edits": budget.edits, "batch_size": budget.batch_size, "every": budget.every,
             "seed": 0, "instruments": instruments, "instrument_config": settings, "out": str(out / "edits" / editor),
+            "ends_only": ["downstream"] if downstream_dir and budget.downstream_ends_only else [],
         })  # fmt: skip
         for editor in editors
     ]

@@ -18,6 +18,9 @@ from editscope.config import ConfigError, deep_merge, from_dict, load_yaml, to_d
 
 # Fields that say where a run is written or computed, not what it computes: left out of the digest.
 PLACEMENT_FIELDS = ("out", "device_map")
+# Fields added after run folders existed: left out of the digest while empty (their default), so
+# those folders still resume.
+LATER_FIELDS = ("ends_only",)
 DEFAULT_INSTRUMENTS = ("weights", "activations", "subspace", "edit_quality", "perplexity")
 
 
@@ -40,6 +43,9 @@ class RunConfig:
         log_points: if > 0, that many log-spaced checkpoints instead of ``every``.
         instruments: instrument names measured at each checkpoint.
         instrument_config: per-instrument settings, ``{name: {field: value}}``.
+        ends_only: instruments measured only on the unedited model and at the last checkpoint (the
+            costly ones whose reader needs only the two ends, e.g. ``downstream`` in ``editscope
+            findings``); the others are measured at every checkpoint.
         out: the run folder.
         device_map: where the model runs: ``None`` (CPU), a device (``cuda:0``), ``auto`` (spread
             over the visible GPUs by accelerate) or ``{module path: device}``; see
@@ -60,6 +66,7 @@ class RunConfig:
     log_points: int = 0
     instruments: tuple[str, ...] = DEFAULT_INSTRUMENTS
     instrument_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ends_only: tuple[str, ...] = ()
     out: str = "runs/run"
     device_map: str | dict[str, Any] | None = None
 
@@ -79,10 +86,13 @@ class RunConfig:
             raise ConfigError("run.instrument_config: expected {instrument: {field: value}}")
         if len(set(self.instruments)) != len(self.instruments):
             raise ConfigError(f"run.instruments: listed twice: {self.instruments}")
+        stray = [name for name in self.ends_only if name not in self.instruments]
+        if stray:
+            raise ConfigError(f"run.ends_only: {', '.join(stray)} not among the run's instruments {list(self.instruments)}")
 
     def digest(self) -> str:
         """Hash of everything that decides the run's results (not where it is written)."""
-        data = {k: v for k, v in to_dict(self).items() if k not in PLACEMENT_FIELDS}
+        data = {k: v for k, v in to_dict(self).items() if k not in PLACEMENT_FIELDS and not (k in LATER_FIELDS and not v)}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -144,7 +144,10 @@ class SequentialRun:
     # -- checkpoints ---------------------------------------------------------------------
     def measure(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
+        at_end = self.edits in (0, self.points[-1])
         for name, instrument in self.instruments.items():
+            if name in self.config.ends_only and not at_end:
+                continue
             start = time.perf_counter()
             if self.edits == 0 and name in self.unedited:
                 metrics.update(self.unedited[name])
