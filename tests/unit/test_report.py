@@ -182,7 +182,7 @@ def test_stability_figures_and_the_collapse_point(full_run, runs, tmp_path):
     style = FigureStyle()
     rule = CollapseRule(efficacy_below=None, ppl_rise_pct=None, agreement_below=0.85)  # agreement 1.0, 0.9, 0.8
     loaded = load_runs([full_run, runs["encore"]], rule)
-    assert loaded[0].collapse.edits == 20 and "downstream agreement 0.80 < 0.85" in loaded[0].collapse.reason
+    assert loaded[0].collapse.edits == 20 and "downstream agreement 0.800 < 0.85" in loaded[0].collapse.reason
     assert loaded[1].collapse is None  # no downstream keys: nothing crossed
     figures = {spec.name: spec for spec in FIGURES}
     with style_context(style):
@@ -198,7 +198,7 @@ def test_stability_figures_and_the_collapse_point(full_run, runs, tmp_path):
     html = build_report([full_run, runs["encore"]], tmp_path / "report", ReportConfig(dpi=72, collapse=rule))
     page = html.read_text()
     assert "Collapse point: the first checkpoint where downstream agreement &lt; 0.85." in page
-    assert "memit at 20 edits (downstream agreement 0.80 &lt; 0.85)" in page
+    assert "memit at 20 edits (downstream agreement 0.800 &lt; 0.85)" in page
     assert "<th>collapse at (edits)</th>" in page and "<th>edited cond (0 -&gt; end)</th>" in page
 
 

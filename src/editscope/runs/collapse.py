@@ -80,11 +80,22 @@ def parse_collapse(text: str) -> CollapseRule:
     return CollapseRule(**values)
 
 
+ROUNDING = 1e-9
+"""Fractions are means of hit counts over examples; a mean that equals a threshold exactly can land a
+rounding error below it in floating point (0.56, 0.68, 1, 1, 0.66, 0.9 average to 0.7999999999999999),
+and that is not a crossing."""
+
+
+def below(value: float, threshold: float) -> bool:
+    """``value < threshold`` beyond floating-point rounding of a mean of fractions."""
+    return value < threshold - ROUNDING
+
+
 def efficacy_crossed(first: Mapping[str, float], now: Mapping[str, float], rule: CollapseRule) -> str | None:
     value = now.get("edit/efficacy")
-    if rule.efficacy_below is None or value is None or value >= rule.efficacy_below:
+    if rule.efficacy_below is None or value is None or not below(value, rule.efficacy_below):
         return None
-    return f"retained efficacy {value:.2f} < {rule.efficacy_below:g}"
+    return f"retained efficacy {value:.3f} < {rule.efficacy_below:g}"
 
 
 def perplexity_crossed(first: Mapping[str, float], now: Mapping[str, float], rule: CollapseRule) -> str | None:
@@ -102,7 +113,7 @@ def agreement_crossed(first: Mapping[str, float], now: Mapping[str, float], rule
     if rule.agreement_below is None or not values:
         return None
     mean = statistics.fmean(values)
-    return f"downstream agreement {mean:.2f} < {rule.agreement_below:g}" if mean < rule.agreement_below else None
+    return f"downstream agreement {mean:.3f} < {rule.agreement_below:g}" if below(mean, rule.agreement_below) else None
 
 
 CRITERIA: tuple[Callable[[Mapping[str, float], Mapping[str, float], CollapseRule], str | None], ...] = (
