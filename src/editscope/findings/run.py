@@ -1,6 +1,8 @@
 """``run_findings``: run (or reuse) everything the claims need, then judge each claim and write the page.
 
 Post-training runs go one after another in this process (each resumes from its ``state/``); the
+editors' statistics and the unedited model's downstream predictions are then computed once with all
+threads (:func:`editscope.runs.study.prepare_shared`, skipped when joining a cluster), and the
 editing runs go through the sweep machinery (:func:`editscope.sweep.runner.run_planned`), so they
 can run on a Ray cluster, and finished folders are skipped. Nothing is judged until every run is done.
 """
@@ -106,6 +108,7 @@ def run_findings(config: FindingsConfig) -> Findings:
     """Run what is missing, judge, and write ``findings.html``, ``findings.json`` and the edit runs' report."""
     from editscope.findings.page import write_findings
     from editscope.report import build_report, load_runs
+    from editscope.runs.study import prepare_shared
     from editscope.sweep.config import Resources, SweepConfig, SweepRun
     from editscope.sweep.runner import run_planned
 
@@ -122,6 +125,8 @@ def run_findings(config: FindingsConfig) -> Findings:
         store = RunStore(c.out, PosttrainConfig, position="step")
         store.check_claim(c, resume=store.saved_config() is not None, overwrite=False)
     records = {c.mode: run_posttrain_resumable(c) for c in trainings}
+    if config.ray_address is None:  # caches live on this machine: fill them once, not in every worker at the same time
+        prepare_shared(runs)
     sweep = SweepConfig(root=str(out / "edits"), resources=Resources(num_cpus=config.threads), max_retries=1)
     report = run_planned([SweepRun(c.editor, (("editor", c.editor),), c) for c in runs], sweep,
                          backend=config.backend, ray_address=config.ray_address)  # type: ignore[arg-type]  # fmt: skip
