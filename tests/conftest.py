@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from editscope.models import tiny_model
+from editscope.precision import OVERRIDE_ENV
 from editscope.sweep.task import torch_threads
 
 SHARED_DATA = Path(os.environ.get("EDITSCOPE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -61,9 +62,17 @@ def _throwaway_home(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _private_cache_home(request, monkeypatch, _throwaway_home):
-    """Tiny models' statistics go to a throwaway cache; real-model tests use the user's cache."""
+    """Tiny models' statistics go to a throwaway cache; real-model tests use the user's cache.
+
+    Tiny-model tests also resolve every ``auto`` precision to float32 (``EDITSCOPE_PRECISION``), on
+    every machine: they compare against float32 computations by hand and against each other to 1e-5,
+    which bf16 autocast (what ``auto`` is on a CPU with native bf16) cannot meet. The bf16 path is
+    tested by ``test_precision.py`` (which sets the variable itself) and by the real-model tests, where
+    ``auto`` follows the hardware.
+    """
     if "integration" not in request.node.path.parts:
         monkeypatch.setenv("EDITSCOPE_HOME", str(_throwaway_home))
+        monkeypatch.setenv(OVERRIDE_ENV, "fp32")
 
 
 def train_tiny_mend(model, tokenizer, out: Path, *, steps: int = 30, seed: int = 0, **overrides) -> Path:
