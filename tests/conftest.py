@@ -60,19 +60,26 @@ def _throwaway_home(tmp_path_factory):
     return tmp_path_factory.mktemp("editscope-home")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _float32_everywhere():
+    """Every ``auto`` precision resolves to float32 (``EDITSCOPE_PRECISION``) for the whole session, on
+    every machine, so the suite gives the same results on a CPU with native bf16 as on one without.
+
+    The tests compare against float32 computations by hand, against each other to 1e-5 and bit for
+    bit across resumed runs; bf16 autocast (``auto`` on an AVX512-BF16 CPU) cannot meet that. Session
+    scope, so module-scoped fixtures (reference runs) resolve it the same way as the tests that compare
+    with them. ``test_precision.py`` sets or clears the variable itself to test the resolution.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(OVERRIDE_ENV, "fp32")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _private_cache_home(request, monkeypatch, _throwaway_home):
-    """Tiny models' statistics go to a throwaway cache; real-model tests use the user's cache.
-
-    Tiny-model tests also resolve every ``auto`` precision to float32 (``EDITSCOPE_PRECISION``), on
-    every machine: they compare against float32 computations by hand and against each other to 1e-5,
-    which bf16 autocast (what ``auto`` is on a CPU with native bf16) cannot meet. The bf16 path is
-    tested by ``test_precision.py`` (which sets the variable itself) and by the real-model tests, where
-    ``auto`` follows the hardware.
-    """
+    """Tiny models' statistics go to a throwaway cache; real-model tests use the user's cache."""
     if "integration" not in request.node.path.parts:
         monkeypatch.setenv("EDITSCOPE_HOME", str(_throwaway_home))
-        monkeypatch.setenv(OVERRIDE_ENV, "fp32")
 
 
 def train_tiny_mend(model, tokenizer, out: Path, *, steps: int = 30, seed: int = 0, **overrides) -> Path:
