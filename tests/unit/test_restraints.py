@@ -135,3 +135,18 @@ def test_memit_with_norm_anchors_measures_and_caches_the_reference(monkeypatch):
     other = build_editor("memit", settings)
     other.load_state_dict(editor.state_dict())
     assert other._anchor == editor._anchor
+
+
+def test_norm_anchor_cache_is_keyed_by_what_auto_resolves_to(monkeypatch):
+    """A reference measured with z* in float32 is not read back where ``auto`` resolves to bf16."""
+    from editscope.editors import anchors
+
+    model, tok, _ = tiny_model("llama")
+    calls = []
+    real = anchors.compute_z
+    monkeypatch.setattr(anchors, "compute_z", lambda *a, **k: calls.append(1) or real(*a, **k))
+    settings = {**TINY, "z": {"steps": 4, "autocast": "auto"}, "norm_anchor": True, "anchor_samples": 4}
+    for precision, measured in (("fp32", 1), ("fp32", 1), ("bf16", 2), ("bf16", 2)):
+        monkeypatch.setenv("EDITSCOPE_PRECISION", precision)
+        build_editor("memit", settings).prepare(model, tok)
+        assert len(calls) == measured, precision

@@ -2,8 +2,9 @@
 
 The reference is the mean norm of the MLP values v* = v0 + (z* - h) that the editor's own z*
 optimization gives on the unedited model for ``anchor_samples`` requests (NAS: 1,000 random
-MultiCounterFact requests), the top 5% dropped. It is computed once per model and settings and
-cached on disk, since on a CPU it costs as many z* optimizations as edits.
+MultiCounterFact requests), the top 5% dropped. It is computed once per model, settings and
+resolved z* precision (``auto`` keyed by what it resolves to on this machine, as the statistics
+are) and cached on disk, since on a CPU it costs as many z* optimizations as edits.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from editscope.linalg.restraints import anchor_reference
 from editscope.linalg.values import compute_z
 from editscope.models.fingerprint import model_fingerprint
 from editscope.models.spec import ModelSpec
+from editscope.precision import resolve
 from editscope.storage import atomic_write_text, cache_home
 from editscope.types import EditRequest
 
@@ -57,7 +59,8 @@ def anchor_requests(data: str, n: int, seed: int) -> list[EditRequest]:
 
 def _cache_key(editor: LocateEditor, model: PreTrainedModel) -> str:
     c = editor.config
-    facts: dict[str, Any] = {"model": model_fingerprint(model), "layer": max(c.layers), "z": to_dict(c.z), "templates": list(editor._templates or ()),
+    z = {**to_dict(c.z), "autocast": resolve(c.z.autocast, model.device, "z.autocast")}  # what "auto" is on this machine
+    facts: dict[str, Any] = {"model": model_fingerprint(model), "layer": max(c.layers), "z": z, "templates": list(editor._templates or ()),
                              "data": c.anchor_data, "samples": c.anchor_samples, "seed": c.seed, "format": 1}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
