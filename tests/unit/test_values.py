@@ -12,7 +12,7 @@ import torch
 from editscope.linalg.keys import compute_site_values, contextual_prompts
 from editscope.linalg.positions import PositionedRows
 from editscope.linalg.values import ZConfig, compute_z
-from editscope.linalg.zpass import CachedPrefix, FullRows, pack_suffixes, prefix_trie
+from editscope.linalg.zpass import CachedPrefix, FullRows, pack_suffixes, prefix_trie, z_pass
 from editscope.models import tiny_model
 from editscope.types import EditRequest
 
@@ -46,6 +46,25 @@ def test_batched_z_equals_each_request_alone(arch, site, layer, mpes, one_thread
         torch.testing.assert_close(batched.h[:, i], single.h[:, 0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(batched.z[:, i], single.z[:, 0], rtol=1e-4, atol=1e-4)
         assert batched.final_nll[i] == pytest.approx(single.final_nll[0], rel=1e-4, abs=1e-4)
+
+
+def test_a_batch_larger_than_a_group_runs_in_groups_with_the_same_result(monkeypatch, one_thread):
+    """Past ``GROUP`` requests z* runs group after group: each request's z, h, steps and NLL are those of
+    one pass over the whole batch, in the batch's order."""
+    from editscope.linalg import values
+
+    model, tok, spec = tiny_model("llama")
+    config = ZConfig(steps=12, lr=0.5, loss_stop=staggered_stop(model, tok, spec, 2), autocast=None, weight_decay=1e-3)
+    whole = compute_z(model, tok, spec, 2, REQUESTS, TEMPLATES, config)
+    passes = []
+    monkeypatch.setattr(values, "z_pass", lambda *a, **k: passes.append(len(a[5])) or z_pass(*a, **k))
+    monkeypatch.setattr(values, "GROUP", 2)
+    grouped = compute_z(model, tok, spec, 2, REQUESTS, TEMPLATES, config)
+    assert passes == [2 * len(TEMPLATES) + 2, len(TEMPLATES) + 1]  # rows of requests a, b; then c
+    assert grouped.steps == whole.steps and len(set(whole.steps)) > 1
+    torch.testing.assert_close(grouped.h, whole.h, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grouped.z, whole.z, rtol=1e-4, atol=1e-4)
+    assert grouped.final_nll == pytest.approx(whole.final_nll, rel=1e-4, abs=1e-4)
 
 
 def test_requests_stop_at_different_steps_and_h_is_the_unedited_site_value(one_thread):
