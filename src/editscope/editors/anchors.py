@@ -26,6 +26,7 @@ from editscope.linalg.keys import bare_prompt_outputs
 from editscope.linalg.restraints import anchor_reference
 from editscope.linalg.values import compute_z
 from editscope.models.fingerprint import model_fingerprint
+from editscope.models.placement import input_device
 from editscope.models.spec import ModelSpec
 from editscope.precision import resolve
 from editscope.storage import atomic_write_text, cache_home
@@ -59,7 +60,7 @@ def anchor_requests(data: str, n: int, seed: int) -> list[EditRequest]:
 
 def _cache_key(editor: LocateEditor, model: PreTrainedModel) -> str:
     c = editor.config
-    z = {**to_dict(c.z), "autocast": resolve(c.z.autocast, model.device, "z.autocast")}  # what "auto" is on this machine
+    z = {**to_dict(c.z), "autocast": resolve(c.z.autocast, input_device(model), "z.autocast")}  # what compute_z runs in
     facts: dict[str, Any] = {"model": model_fingerprint(model), "layer": max(c.layers), "z": z, "templates": list(editor._templates or ()),
                              "data": c.anchor_data, "samples": c.anchor_samples, "seed": c.seed, "format": 1}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]

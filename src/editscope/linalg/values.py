@@ -25,9 +25,9 @@ EMMET copy checks every token, as here.)
 
 The requests of a batch are optimized together, up to :data:`GROUP` at a time: one forward and
 backward per step, each request with its own delta at its own positions (the losses are separable,
-so this equals optimizing them one by one, and a large batch runs as consecutive groups). Blocks below the site, and every position before the subject's last token, do not
-depend on delta: they run once and each step runs only the rest of the rows on top of them
-(:mod:`editscope.linalg.zpass`).
+so this equals optimizing them one by one, and a large batch runs as consecutive groups). Blocks
+below the site, and every position before the subject's last token, do not depend on delta: they
+run once and each step runs only the rest of the rows on top of them (:mod:`editscope.linalg.zpass`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 GROUP = 16
 """Requests optimized in one packed pass. Each request's optimization is independent, so groups give the
 result of one pass (to float rounding); the packed attention's cost grows with the square of the packed
-length, so per-request cost rose with the batch (CounterFact, MEMIT's templates, bf16, 2 threads: 0.32 s
+length, so per-request cost rose with the batch (CounterFact, MEMIT's templates, an AVX512-BF16 CPU in bf16, 2 threads: 0.32 s
 per request and 3-step z* at 10 requests, 0.58 s at 40 in one pass)."""
 
 
