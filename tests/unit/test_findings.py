@@ -71,6 +71,38 @@ def test_claim4_leaves_out_tasks_at_chance_and_compares_with_encore():
     assert claim4([memit]).verdict == UNSURE
 
 
+def test_screening_keeps_the_tasks_above_chance_and_is_saved_with_its_settings(tiny_folder, tmp_path, monkeypatch):
+    from editscope.findings import screen
+    from editscope.runs.config import load_run_config
+
+    settings = {"downstream": {"data_dir": str(shared_data("knowledge_editing_glue_eval/jsonl")), "tasks": ["sst2", "rte"]}}
+    config = load_run_config(None, {"model": str(tiny_folder), "instruments": ["weights", "downstream"], "instrument_config": settings,
+                                    "ends_only": ["downstream"], "out": str(tmp_path / "run")})  # fmt: skip
+    calls = []
+
+    def measured(c):
+        calls.append(c)
+        return (_task("sst2", 0.8, math.nan), _task("rte", 0.52, math.nan))
+
+    monkeypatch.setattr(screen, "unedited_tasks", measured)
+    tasks = screen.screen_tasks(config, tmp_path)
+    assert [t.at_chance for t in tasks] == [False, True] and len(calls) == 1
+    again = screen.screen_tasks(config, tmp_path)
+    assert [(t.task, t.acc_start, t.n_examples, t.chance) for t in again] == [(t.task, t.acc_start, t.n_examples, t.chance) for t in tasks]
+    assert len(calls) == 1  # read back, not measured again
+    other = load_run_config(None, {**{"model": str(tiny_folder), "instruments": ["weights", "downstream"], "out": str(tmp_path / "run")},
+                                   "instrument_config": {"downstream": {**settings["downstream"], "n_examples": 50}}})  # fmt: skip
+    screen.screen_tasks(other, tmp_path)
+    assert len(calls) == 2  # other settings: decided again
+    kept = screen.measuring_only(config, ["sst2"])
+    assert kept.instrument_config["downstream"]["tasks"] == ["sst2"] and kept.instruments == config.instruments
+    none = screen.measuring_only(config, [])
+    assert none.instruments == ("weights",) and "downstream" not in none.instrument_config and none.ends_only == ()
+    evidence = screen.with_screened(_edit(tasks=[_task("sst2", 0.8, 0.7)]), [tasks[1]])
+    assert [t.task for t in evidence.tasks] == ["sst2", "rte"]
+    assert " on sst2;" in degrades(evidence).reason  # the left-out task does not count
+
+
 def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
     """Every part runs; each verdict in findings.json is its rule applied to the recorded numbers, and
     a number changed in a run's metrics.jsonl changes the verdict."""
@@ -112,9 +144,18 @@ def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
             continue
         verdict = next(v for v in data["verdicts"] if v["claim"] == 2 and v["subject"] == name)
         assert claim2(edit_evidence(run)).verdict == verdict["verdict"], name
-    # downstream ability is measured at the two ends only (claim 4 reads those), the rest at every checkpoint
+    # the editing runs measure downstream ability only on the tasks above chance on the unedited model
+    # (claim 4 reads those), and only at the two ends; the other instruments at every checkpoint
+    screen = json.loads((out / "downstream_screen.json").read_text())["tasks"]
+    assert {t["task"] for t in screen} == {"sst2", "cola"}
+    kept = {t["task"] for t in screen if not TaskEvidence(**t).at_chance}
+    assert {t.task for t in findings.screened} == {"sst2", "cola"} - kept
     memit_records = runs["memit"].records
-    assert [any(k.startswith("downstream/") for k in r["metrics"]) for r in memit_records] == [True, False, True]
+    measured = [{k.split("/")[1] for k in r["metrics"] if k.startswith("downstream/")} for r in memit_records]
+    assert measured == ([kept, set(), kept] if kept else [set(), set(), set()])
+    memit_tasks = {t.task: t for t in next(e for e in findings.edits if e.editor == "memit").tasks}
+    for t in findings.screened:
+        assert f"{t.task} {t.acc_start:.2f} (chance" in page and math.isnan(memit_tasks[t.task].acc_end)
     assert all(any(k.startswith("ppl/") for k in r["metrics"]) for r in memit_records)
     # flip a number: MEMIT's edited norms end below their start -> claim 2 does not hold for it
     memit = out / "edits" / "memit" / "metrics.jsonl"

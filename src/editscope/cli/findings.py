@@ -17,7 +17,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
     editors = tuple(e.strip() for e in args.editors.split(",") if e.strip()) if args.editors else EDITORS
     config = FindingsConfig(
         model=args.model, budget=args.budget, out=str(args.out), editors=editors, mend_checkpoint=args.mend_checkpoint,
-        downstream_dir=str(args.downstream_dir) if args.downstream_dir else None, backend=args.backend,
+        downstream_dir=str(args.downstream_dir) if args.downstream_dir else None, screen_tasks=not args.all_tasks, backend=args.backend,
         ray_address=args.ray_address, threads=args.threads, device=args.device,
     )  # fmt: skip
     findings = run_findings(config)
@@ -40,6 +40,8 @@ def add_findings_parser(sub: Any) -> None:
     findings.add_argument("--editors", default=None, help=f"editor families (default {','.join(EDITORS)})")
     findings.add_argument("--mend-checkpoint", default=None, metavar="DIR", help="trained MEND hypernetwork (without it MEND is not run)")
     findings.add_argument("--downstream-dir", type=Path, default=None, metavar="DIR", help="few-shot GLUE/MMLU task files (claim 4)")
+    findings.add_argument("--all-tasks", action="store_true",
+                          help="measure every downstream task after editing (default: only those above chance on the unedited model, which claim 4 reads)")
     findings.add_argument("--backend", default="auto", choices=["auto", "ray", "inprocess"], help="where the editing runs go")
     findings.add_argument("--ray-address", default=None)
     findings.add_argument("--threads", type=int, default=1, help="torch threads per editing run")

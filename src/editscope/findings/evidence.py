@@ -78,9 +78,15 @@ def posttrain_evidence(mode: str, records: Sequence[Mapping[str, Any]]) -> Postt
     )  # fmt: skip
 
 
+def chance_of(task: str) -> float:
+    """Accuracy of a uniform guess on ``task`` (0.5 for a task editscope does not know)."""
+    return 1.0 / len(TASKS[task].label_values) if task in TASKS else 0.5
+
+
 @dataclass(frozen=True)
 class TaskEvidence:
-    """One downstream task of one editing run: unedited and final accuracy, examples, chance level."""
+    """One downstream task of one editing run: unedited and final accuracy (NaN where the task was left
+    out before editing), examples, chance level."""
 
     task: str
     acc_start: float
@@ -149,7 +155,7 @@ def edit_evidence(run: ReportRun) -> EditEvidence:
     settings = ((run.config.get("resolved") or {}).get("instruments") or {}).get("downstream") or {}
     n = int(settings.get("n_examples") or 100)
     tasks = tuple(
-        TaskEvidence(task, first[key], last[key], n, 1.0 / len(TASKS[task].label_values) if task in TASKS else 0.5)
+        TaskEvidence(task, first[key], last[key], n, chance_of(task))
         for key in sorted(first)
         if (m := _DOWN.match(key)) and key in last and (task := m.group(1))
     )

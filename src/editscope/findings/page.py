@@ -92,6 +92,7 @@ def findings_json(findings: Findings) -> dict:
         "verdicts": [asdict(v) for v in findings.verdicts], "not_run": findings.not_run,
         "posttrain": [{**asdict(e), "trend_from_step": trend_step(e)} for e in findings.posttrain],
         "edits": [asdict(e) for e in findings.edits], "rules": asdict(findings.rules),
+        "screened": [asdict(t) for t in findings.screened],
     })  # type: ignore[return-value]  # fmt: skip
 
 
@@ -113,6 +114,9 @@ def findings_html(findings: Findings) -> str:
         if number == 1:
             parts.append(_posttrain_table(findings.posttrain))
             parts.append(f"<img src='{FIGURE}' alt='norm change of the updated matrices against optimizer steps'>")
+        if number == 4 and findings.screened:
+            left_out = ", ".join(f"{t.task} {t.acc_start:.2f} (chance {t.chance:.2f}, n = {t.n_examples})" for t in findings.screened)
+            parts.append(f"<p>At chance on the unedited model, so not measured after editing: {_e(left_out)}.</p>")
         parts.append(_verdict_rows(verdicts))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

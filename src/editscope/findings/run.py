@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from editscope.config import ConfigError
-from editscope.findings.evidence import EditEvidence, PosttrainEvidence, edit_evidence, posttrain_evidence
+from editscope.findings.evidence import EditEvidence, PosttrainEvidence, TaskEvidence, edit_evidence, posttrain_evidence
 from editscope.findings.plan import EDITORS, budget_of, edit_configs, posttrain_configs
 from editscope.findings.rules import Rules, Verdict, claim1, claim2, claim3, claim4, degrades
 from editscope.posttrain.config import PosttrainConfig
@@ -37,6 +37,8 @@ class FindingsConfig:
         editor_settings: ``{editor: {hyperparameter: value}}`` over each editor's defaults.
         instrument_settings: ``{instrument: {field: value}}`` for every editing run.
         downstream_dir: few-shot task files (claim 4 needs them).
+        screen_tasks: measure after editing only the downstream tasks claim 4 reads (above chance on the
+            unedited model; :mod:`editscope.findings.screen`); ``False`` measures every task.
         backend: where the editing runs go (``auto``: Ray where installed, else in process).
         ray_address: a Ray cluster to join.
         threads: torch threads per editing run.
@@ -51,6 +53,7 @@ class FindingsConfig:
     editor_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     instrument_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     downstream_dir: str | None = None
+    screen_tasks: bool = True
     backend: str = "auto"
     ray_address: str | None = None
     threads: int = 1
@@ -59,7 +62,8 @@ class FindingsConfig:
 
 @dataclass(frozen=True)
 class Findings:
-    """What the page shows: the evidence, every verdict, and what was not run."""
+    """What the page shows: the evidence, every verdict, what was not run, and the downstream tasks
+    left out before editing (at chance on the unedited model)."""
 
     config: FindingsConfig
     posttrain: tuple[PosttrainEvidence, ...]
@@ -67,6 +71,7 @@ class Findings:
     verdicts: tuple[Verdict, ...]
     not_run: dict[str, str] = field(default_factory=dict)
     rules: Rules = Rules()
+    screened: tuple[TaskEvidence, ...] = ()
 
 
 def planned_editors(config: FindingsConfig) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -107,6 +112,7 @@ def judge(posttrain: list[PosttrainEvidence], edits: list[EditEvidence], rules: 
 def run_findings(config: FindingsConfig) -> Findings:
     """Run what is missing, judge, and write ``findings.html``, ``findings.json`` and the edit runs' report."""
     from editscope.findings.page import write_findings
+    from editscope.findings.screen import measuring_only, screen_tasks, with_screened
     from editscope.report import build_report, load_runs
     from editscope.runs.study import prepare_shared
     from editscope.sweep.config import Resources, SweepConfig, SweepRun
@@ -127,6 +133,13 @@ def run_findings(config: FindingsConfig) -> Findings:
     records = {c.mode: run_posttrain_resumable(c) for c in trainings}
     if config.ray_address is None:  # caches live on this machine: fill them once, not in every worker at the same time
         prepare_shared(runs)
+    screened: tuple[TaskEvidence, ...] = ()
+    if config.screen_tasks and runs and "downstream" in runs[0].instruments:
+        tasks = screen_tasks(runs[0], out)
+        screened = tuple(t for t in tasks if t.at_chance)
+        runs = [measuring_only(c, [t.task for t in tasks if not t.at_chance]) for c in runs]
+        if config.ray_address is None and len(screened) < len(tasks):
+            prepare_shared(runs)  # the unedited predictions of the kept tasks, once
     sweep = SweepConfig(root=str(out / "edits"), resources=Resources(num_cpus=config.threads), max_retries=1)
     report = run_planned([SweepRun(c.editor, (("editor", c.editor),), c) for c in runs], sweep,
                          backend=config.backend, ray_address=config.ray_address)  # type: ignore[arg-type]  # fmt: skip
@@ -136,7 +149,7 @@ def run_findings(config: FindingsConfig) -> Findings:
     loaded = load_runs([c.out for c in runs])
     build_report([c.out for c in runs], out / "report")
     posttrain = [posttrain_evidence(mode, rec) for mode, rec in records.items()]
-    edits = [edit_evidence(run) for run in loaded]
-    findings = Findings(config, tuple(posttrain), tuple(edits), tuple(judge(posttrain, edits)), not_run)
+    edits = [with_screened(edit_evidence(run), screened) for run in loaded]
+    findings = Findings(config, tuple(posttrain), tuple(edits), tuple(judge(posttrain, edits)), not_run, screened=screened)
     write_findings(findings, out)
     return findings
