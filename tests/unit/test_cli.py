@@ -1,5 +1,6 @@
 import copy
 import json
+import logging
 
 from tests.conftest import shared_data
 
@@ -60,3 +61,15 @@ def test_editors_json_lists_every_method(capsys):
     assert {"ft", "ft-l", "lora", "rome", "memit", "emmet", "alphaedit", "encore"} <= set(listing)
     assert listing["memit"]["defaults"]["mom2_update_weight"] > 0
     assert "smollm2-135m" in listing["memit"]["shipped_for"]
+
+
+def test_progress_logs_a_line_per_batch_where_stderr_is_not_a_terminal(caplog):
+    from editscope.cli.output import progress_bar
+
+    update = progress_bar(20, "memit")  # pytest captures stderr: no terminal, so the bar is off
+    with caplog.at_level(logging.INFO, logger="editscope.cli.output"):
+        update(10, 20, {"edit/efficacy": 0.95, "weight/x": 1.0})
+        update(20, 20, {})
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("memit: 10/20 edits, ") and lines[0].endswith("efficacy 0.95 (last checkpoint)")
+    assert lines[1].startswith("memit: 20/20 edits, ")

@@ -291,6 +291,18 @@ def test_unedited_predictions_are_cached_per_model(glue_dir, tmp_path, monkeypat
     assert len(list((tmp_path / "home" / "downstream").glob("*.json"))) == 2
 
 
+def test_too_few_examples_warn_once_per_run_not_per_construction(glue_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("EDITSCOPE_HOME", str(tmp_path / "home"))
+    model, tok, _ = tiny_model("llama", shape=TinyShape(context=1024))
+    config = DownstreamConfig(data_dir=str(glue_dir), tasks=("sst2",), n_shots=1, n_examples=8, batch_size=8)
+    with caplog.at_level(logging.WARNING):
+        instrument = DownstreamAbility(config)
+        DownstreamAbility(config).warm_cache(model, tok)  # a study filling the cache for its runs: silent
+        assert "cannot resolve" not in caplog.text
+        instrument.baseline(model, tok)  # the run itself
+    assert caplog.text.count("8 examples per task cannot resolve a 5-point change") == 1
+
+
 def test_downstream_under_bf16_autocast(glue_dir):
     model, tok, _ = tiny_model("llama", shape=TinyShape(context=1024))
     config = DownstreamConfig(data_dir=str(glue_dir), tasks=("cola",), n_shots=1, n_examples=16, batch_size=8, autocast="bfloat16")

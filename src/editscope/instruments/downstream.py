@@ -147,12 +147,6 @@ class DownstreamAbility(Instrument):
             raise ConfigError(str(error)) from None
         if not 0.0 < config.demo_pool <= 1.0:
             raise ConfigError(f"downstream.demo_pool: must be in (0, 1], got {config.demo_pool}")
-        if config.n_examples < RESOLVABLE_EXAMPLES:
-            logger.warning(
-                "downstream: %d examples per task cannot resolve a 5-point change (use >= %d)",
-                config.n_examples,
-                RESOLVABLE_EXAMPLES,
-            )
         self._data: dict[str, TaskData] = load_tasks(config.data_dir, config.tasks)
         for name, data in self._data.items():
             if len(data.examples) < config.n_shots + config.n_examples:
@@ -184,7 +178,18 @@ class DownstreamAbility(Instrument):
 
     def baseline(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
         """Keep the unedited model's predictions (from the cache where an earlier run left them);
-        they are also its step-0 measurement."""
+        they are also its step-0 measurement. Warns, once per run, where ``n_examples`` is too few
+        to resolve a 5-point change."""
+        if self.config.n_examples < RESOLVABLE_EXAMPLES:
+            logger.warning(
+                "downstream: %d examples per task cannot resolve a 5-point change (use >= %d)",
+                self.config.n_examples,
+                RESOLVABLE_EXAMPLES,
+            )
+        return self.scores(self.reference(model, tokenizer))
+
+    def reference(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
+        """The unedited model's predictions, read from the cache or computed (and cached)."""
         encoded = self.encoded(tokenizer)
         key = reference_key(model_fingerprint(model), encoded, self.config, input_device(model)) if self.config.cache_reference else None
         cached = read_reference(key, encoded) if key else None
@@ -195,12 +200,12 @@ class DownstreamAbility(Instrument):
             self._reference = self.predictions(model, tokenizer)
             if key:
                 atomic_write_json(reference_path(key), self._reference)
-        return self.scores(self._reference)
+        return self._reference
 
     def warm_cache(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         """Cache the unedited model's predictions (a no-op where they are cached or caching is off)."""
         if self.config.cache_reference:
-            self.baseline(model, tokenizer)
+            self.reference(model, tokenizer)
 
     def measure(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
         if not self._reference:
