@@ -10,9 +10,10 @@ evaluation, MEND training, post-training) takes one of:
   PyTorch's generic fallback: measured 40x slower than float32 for 256x576x1536);
 * ``None``, ``"float32"``/``"fp32"``: no autocast.
 
-``auto`` resolves by the device: a CUDA device by ``torch.cuda.is_bf16_supported`` without
-emulation; a CPU whose flags include AVX-512 BF16 or AMX tiles by those flags; any other device
-(an AVX2 CPU, an ARM CPU, MPS) by a measured probe -- a bf16 matrix product against a float32
+``auto`` resolves by the device: an accelerator whose torch runtime answers ``is_bf16_supported``
+(``torch.cuda``, ``torch.xpu``) by that answer without emulation; a CPU whose flags include
+AVX-512 BF16 or AMX tiles by those flags; any other device (an AVX2 CPU, an ARM CPU, MPS) by a
+measured probe -- a bf16 matrix product against a float32
 one, bf16 native when it is faster -- run once and cached per device kind, CPU model and torch
 version (and CPU flags) under ``$EDITSCOPE_HOME/precision/``. ``EDITSCOPE_PRECISION=fp32`` (or ``bf16``) makes
 every ``auto`` resolve to that instead, e.g. to measure the float32 path on a bf16 machine.
@@ -71,7 +72,7 @@ class Hardware:
         avx512_bf16: the CPU flags include AVX-512 BF16.
         amx: the CPU has AMX tiles.
         native_bf16: bf16 matrix products run natively (not through a generic fallback).
-        decided_by: ``flags`` (CPU flags), ``cuda`` (the CUDA runtime), ``probe`` (measured now)
+        decided_by: ``flags`` (CPU flags), the device type (its torch runtime, e.g. ``cuda``), ``probe`` (measured now)
             or ``probe-cache`` (measured earlier on this CPU model with this torch).
         probe: the probe's timings (``bf16_s``, ``fp32_s``, ``shape``) where one ran.
     """
@@ -166,10 +167,11 @@ def detect(device: torch.device | str = "cpu") -> Hardware:
     device = torch.device(device)
     capability = torch.backends.cpu.get_cpu_capability()
     avx512_bf16, amx = _cpu_flag("_is_avx512_bf16_supported"), _cpu_flag("_is_amx_tile_supported")
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        native = bool(torch.cuda.is_bf16_supported(including_emulation=False))
-        return Hardware("cuda", name, capability, avx512_bf16, amx, native, "cuda")
+    runtime = getattr(torch, device.type, None) if device.type != "cpu" else None
+    if callable(getattr(runtime, "is_bf16_supported", None)) and callable(getattr(runtime, "get_device_name", None)):
+        name = runtime.get_device_name(device)
+        native = bool(runtime.is_bf16_supported(including_emulation=False))
+        return Hardware(device.type, name, capability, avx512_bf16, amx, native, device.type)
     if device.type == "cpu":
         name = cpu_name()
         if avx512_bf16 or amx:

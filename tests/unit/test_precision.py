@@ -65,6 +65,18 @@ def test_cpu_flags_decide_without_a_probe(monkeypatch):
     assert calls == []
 
 
+def test_an_accelerator_runtime_answers_for_its_device(monkeypatch):
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the runtime's answer should decide, not a probe")
+
+    monkeypatch.setattr(precision, "measure_bf16", no_probe)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s and not including_emulation)
+        hardware = detect("cuda")
+        assert (hardware.device, hardware.name, hardware.decided_by, hardware.native_bf16) == ("cuda", "Fake GPU", "cuda", supported)
+
+
 def test_override_and_explicit_settings(no_flags, monkeypatch, caplog):
     fake_probe(monkeypatch, bf16_s=0.6, fp32_s=0.015)
     monkeypatch.setenv(OVERRIDE_ENV, "bf16")

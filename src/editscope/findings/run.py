@@ -131,15 +131,13 @@ def run_findings(config: FindingsConfig) -> Findings:
         store = RunStore(c.out, PosttrainConfig, position="step")
         store.check_claim(c, resume=store.saved_config() is not None, overwrite=False)
     records = {c.mode: run_posttrain_resumable(c) for c in trainings}
-    if config.ray_address is None:  # caches live on this machine: fill them once, not in every worker at the same time
-        prepare_shared(runs)
     screened: tuple[TaskEvidence, ...] = ()
     if config.screen_tasks and runs and "downstream" in runs[0].instruments:
         tasks = screen_tasks(runs[0], out)
         screened = tuple(t for t in tasks if t.at_chance)
         runs = [measuring_only(c, [t.task for t in tasks if not t.at_chance]) for c in runs]
-        if config.ray_address is None and len(screened) < len(tasks):
-            prepare_shared(runs)  # the unedited predictions of the kept tasks, once
+    if config.ray_address is None:  # caches live on this machine: fill them once, not in every worker at the same time
+        prepare_shared(runs)
     sweep = SweepConfig(root=str(out / "edits"), resources=Resources(num_cpus=config.threads), max_retries=1)
     report = run_planned([SweepRun(c.editor, (("editor", c.editor),), c) for c in runs], sweep,
                          backend=config.backend, ray_address=config.ray_address)  # type: ignore[arg-type]  # fmt: skip
