@@ -7,8 +7,10 @@ import json
 import math
 from dataclasses import replace
 
+import pytest
 from tests.conftest import shared_data
 
+from editscope.config import ConfigError
 from editscope.findings.evidence import EditEvidence, PosttrainEvidence, TaskEvidence, edit_evidence, posttrain_evidence
 from editscope.findings.rules import FAILS, HOLDS, UNSURE, claim1, claim2, claim3, claim4, degrades, rose_share, trend_step
 
@@ -106,10 +108,13 @@ def test_screening_keeps_the_tasks_above_chance_and_is_saved_with_its_settings(t
 def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
     """Every part runs; each verdict in findings.json is its rule applied to the recorded numbers, and
     a number changed in a run's metrics.jsonl changes the verdict."""
+    from editscope.data.demo import load_demo
     from editscope.findings import FindingsConfig, run_findings
+    from editscope.findings.hypernetwork import train_hypernetwork
     from editscope.findings.plan import EDITORS, budget_of, posttrain_configs
     from editscope.posttrain.config import PosttrainConfig
     from editscope.report import load_runs
+    from editscope.runs.loop import select_requests
     from editscope.runs.store import RunStore
 
     locate = {"layers": [1, 2], "stats_samples": 200, "stats_seq_len": 32, "context_lengths": [], "z": {"steps": 10}}
@@ -128,8 +133,23 @@ def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
     page = (out / "findings.html").read_text()
     data = json.loads((out / "findings.json").read_text())
     assert (out / "posttrain_norms.png").stat().st_size > 5000 and (out / "report" / "report.html").is_file()
-    assert set(findings.not_run) == {"mend"} and "mend train" in page
-    assert {e["editor"] for e in data["edits"]} == set(EDITORS) - {"mend"}
+    assert findings.not_run == {} and "Not run" not in page
+    assert {e["editor"] for e in data["edits"]} == set(EDITORS)
+    # MEND's hypernetwork was trained for the budget's steps on the demo set without the edited requests
+    mend = json.loads((out / "mend" / "mend.json").read_text())
+    edited = [r.id for r in select_requests(RunStore(out / "edits" / "mend").saved_config())]
+    assert mend["step"] == budget_of("quick").mend_steps and mend["data"]["held_out_ids"] == edited
+    assert mend["data"]["train"] == len(load_demo()) - len(edited) and len(edited) == budget_of("quick").edits
+    assert any(v["claim"] == 2 and v["subject"] == "mend" for v in data["verdicts"])
+    saved_at = (out / "mend" / "mend.json").stat().st_mtime_ns
+    edited_requests = select_requests(RunStore(out / "edits" / "mend").saved_config())
+    steps = budget_of("quick").mend_steps
+    assert train_hypernetwork(str(tiny_folder), load_demo(), edited_requests, steps, out, data_name="demo") == out / "mend"
+    assert (out / "mend" / "mend.json").stat().st_mtime_ns == saved_at  # reused, not trained again
+    with pytest.raises(ConfigError, match="other findings"):
+        train_hypernetwork(str(tiny_folder), load_demo(), edited_requests[1:], steps, out, data_name="demo")
+    with pytest.raises(ConfigError, match="more than this budget"):
+        train_hypernetwork(str(tiny_folder), load_demo(), edited_requests, steps - 1, out, data_name="demo")
     assert [p["mode"] for p in data["posttrain"]] == ["cpt", "full", "lora"]
     for number in (1, 2, 3, 4):
         assert f"id='claim-{number}'" in page and html.escape(data["claims"][str(number)]["rule"]) in page
@@ -138,7 +158,7 @@ def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
     for mode, recs in records.items():
         verdict = next(v for v in data["verdicts"] if v["claim"] == 1 and v["subject"] == mode)
         assert claim1(posttrain_evidence(mode, recs)).verdict == verdict["verdict"]
-    runs = {r.name: r for r in load_runs([out / "edits" / e for e in ("ft", "rome", "memit", "emmet", "alphaedit", "encore")])}
+    runs = {r.name: r for r in load_runs([out / "edits" / e for e in EDITORS])}
     for name, run in runs.items():
         if name == "encore":
             continue
@@ -169,3 +189,24 @@ def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
     # every post-training folder is complete: a rerun reads it back instead of training again
     for c in posttrain_configs(str(tiny_folder), budget_of("quick"), out, "cpu"):
         assert RunStore(c.out, PosttrainConfig, position="step").is_complete(c, c.steps)
+
+
+def test_an_edit_set_smaller_than_the_budget_fails_before_anything_runs(tiny_folder, tmp_path):
+    """``full`` edits 10,000 facts: on the 549 of the demo set it stops at once, naming the numbers, with nothing written."""
+    from editscope.findings import FindingsConfig, run_findings
+
+    with pytest.raises(ConfigError, match="fewer than the 10000 edits"):
+        run_findings(FindingsConfig(model=str(tiny_folder), budget="full", out=str(tmp_path / "f"), backend="inprocess", device="cpu"))
+    assert not (tmp_path / "f").exists()
+
+
+def test_mend_trains_on_the_edit_set_without_the_edited_requests():
+    from editscope.data.demo import load_demo
+    from editscope.findings.hypernetwork import training_split
+
+    requests = load_demo()
+    edited = [requests[7], requests[3]]
+    train, held_out = training_split(requests, edited)
+    assert held_out == edited and len(train) == len(requests) - 2 and not {r.id for r in train} & {r.id for r in edited}
+    with pytest.raises(ConfigError, match="no request left to train MEND"):
+        training_split(edited, edited)

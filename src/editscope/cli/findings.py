@@ -16,7 +16,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
 
     editors = tuple(e.strip() for e in args.editors.split(",") if e.strip()) if args.editors else EDITORS
     config = FindingsConfig(
-        model=args.model, budget=args.budget, out=str(args.out), editors=editors, mend_checkpoint=args.mend_checkpoint,
+        model=args.model, budget=args.budget, out=str(args.out), editors=editors, data=args.data, mend_checkpoint=args.mend_checkpoint,
         downstream_dir=str(args.downstream_dir) if args.downstream_dir else None, screen_tasks=not args.all_tasks, backend=args.backend,
         ray_address=args.ray_address, threads=args.threads, device=args.device,
     )  # fmt: skip
@@ -38,7 +38,9 @@ def add_findings_parser(sub: Any) -> None:
                           help="quick: a smoke check in minutes; standard: about an hour on a 2-core CPU (59 min measured in the AVX2 path, fp32, 2 threads, 502 forward tok/s); full: the papers' scale, for a GPU")  # fmt: skip
     findings.add_argument("--out", type=Path, required=True, help="findings folder (run folders, report, findings.html); reused on a rerun")
     findings.add_argument("--editors", default=None, help=f"editor families (default {','.join(EDITORS)})")
-    findings.add_argument("--mend-checkpoint", default=None, metavar="DIR", help="trained MEND hypernetwork (without it MEND is not run)")
+    findings.add_argument("--data", default="demo", help="edit set: a CounterFact/zsRE/JSONL file, or 'demo' (the runs edit its first requests, MEND trains on the rest)")
+    findings.add_argument("--mend-checkpoint", default=None, metavar="DIR",
+                          help="trained MEND hypernetwork for the model (default: train one into OUT/mend for the budget's steps, on the edit set without the edited requests)")
     findings.add_argument("--downstream-dir", type=Path, default=None, metavar="DIR", help="few-shot GLUE/MMLU task files (claim 4)")
     findings.add_argument("--all-tasks", action="store_true",
                           help="measure every downstream task after editing (default: only those above chance on the unedited model, which claim 4 reads)")

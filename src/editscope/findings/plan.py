@@ -31,6 +31,8 @@ class Budget:
         downstream_ends_only: measure downstream ability only before the first edit and after the last
             (claim 4 reads those two; on a CPU the few-shot passes cost more than the edits).
         eval_windows: held-out perplexity windows of the post-training runs.
+        mend_steps: training steps of MEND's hypernetwork where none is given
+            (:mod:`editscope.findings.hypernetwork`; the shipped ``mend train`` default is 1400).
     """
 
     posttrain_steps: int
@@ -43,18 +45,19 @@ class Budget:
     downstream_examples: int
     downstream_ends_only: bool
     eval_windows: int
+    mend_steps: int
 
 
 BUDGETS: dict[str, Budget] = {
     # a smoke check in minutes: every part runs, the numbers are too short to judge much
     "quick": Budget(posttrain_steps=12, posttrain_every=4, posttrain_batch=2, posttrain_seq_len=64, edits=20, batch_size=5,
-                    every=10, downstream_examples=20, downstream_ends_only=True, eval_windows=2),  # fmt: skip
+                    every=10, downstream_examples=20, downstream_ends_only=True, eval_windows=2, mend_steps=20),  # fmt: skip
     # SmolLM2-135M on a 2-core CPU: 59 min measured in the AVX2 path (fp32, 502 tok/s forward), ~85 min estimated at 347 tok/s
     "standard": Budget(posttrain_steps=150, posttrain_every=25, posttrain_batch=4, posttrain_seq_len=128, edits=100, batch_size=10,
-                       every=25, downstream_examples=100, downstream_ends_only=True, eval_windows=8),  # fmt: skip
-    # the papers' scale, for a GPU: 10,000 edits in batches of 100 (the ENCORE paper's setting)
+                       every=25, downstream_examples=100, downstream_ends_only=True, eval_windows=8, mend_steps=400),  # fmt: skip
+    # the papers' scale, for a GPU: 10,000 edits in batches of 100 (the ENCORE paper's setting; needs --data with as many, e.g. CounterFact)
     "full": Budget(posttrain_steps=3000, posttrain_every=250, posttrain_batch=8, posttrain_seq_len=256, edits=10000, batch_size=100,
-                   every=1000, downstream_examples=100, downstream_ends_only=False, eval_windows=16),  # fmt: skip
+                   every=1000, downstream_examples=100, downstream_ends_only=False, eval_windows=16, mend_steps=1400),  # fmt: skip
 }
 
 
@@ -77,17 +80,17 @@ def posttrain_configs(model: str, budget: Budget, out: Path, device: str = "auto
 
 
 def edit_configs(
-    model: str, budget: Budget, out: Path, *, editors: tuple[str, ...] = EDITORS, downstream_dir: str | None = None,
-    editor_settings: dict[str, dict] | None = None, instrument_settings: dict[str, dict] | None = None,
+    model: str, budget: Budget, out: Path, *, editors: tuple[str, ...] = EDITORS, data: str = "demo",
+    downstream_dir: str | None = None, editor_settings: dict[str, dict] | None = None, instrument_settings: dict[str, dict] | None = None,
 ) -> list[RunConfig]:
-    """One sequential run per editor on the same demo edits, ``out/edits/<editor>``."""
+    """One sequential run per editor on the same edits (the first ``budget.edits`` of ``data``), ``out/edits/<editor>``."""
     instruments = [*DEFAULT_INSTRUMENTS, *(["downstream"] if downstream_dir else [])]
     settings = {"downstream": {"data_dir": downstream_dir, "n_examples": budget.downstream_examples}} if downstream_dir else {}
     for name, values in (instrument_settings or {}).items():
         settings[name] = {**settings.get(name, {}), **values}
     return [
         load_run_config(None, {
-            "model": model, "editor": editor, "editor_config": dict((editor_settings or {}).get(editor, {})), "data": "demo",
+            "model": model, "editor": editor, "editor_config": dict((editor_settings or {}).get(editor, {})), "data": data,
             "edits": budget.edits, "batch_size": budget.batch_size, "every": budget.every,
             "seed": 0, "instruments": instruments, "instrument_config": settings, "out": str(out / "edits" / editor),
             "ends_only": ["downstream"] if downstream_dir and budget.downstream_ends_only else [],

@@ -19,6 +19,7 @@ from editscope.findings.evidence import EditEvidence, PosttrainEvidence, TaskEvi
 from editscope.findings.plan import EDITORS, budget_of, edit_configs, posttrain_configs
 from editscope.findings.rules import Rules, Verdict, claim1, claim2, claim3, claim4, degrades
 from editscope.posttrain.config import PosttrainConfig
+from editscope.runs.config import RunConfig
 from editscope.runs.store import RunStore
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,11 @@ class FindingsConfig:
         model: the model every run uses.
         budget: ``quick``, ``standard`` or ``full`` (:data:`editscope.findings.plan.BUDGETS`).
         out: the findings folder (``posttrain/<mode>``, ``edits/<editor>``, ``report/``, ``findings.html``).
-        editors: editor families run sequentially (MEND only with ``mend_checkpoint``).
-        mend_checkpoint: a trained MEND hypernetwork for ``model`` (``editscope mend train``).
+        editors: editor families run sequentially.
+        data: the edit set (a file, or ``demo`` for the bundled one); the runs edit its first
+            ``edits`` requests of the budget, and MEND trains on the rest.
+        mend_checkpoint: a trained MEND hypernetwork for ``model`` (``editscope mend train``); without
+            it one is trained into ``out/mend`` (:mod:`editscope.findings.hypernetwork`).
         editor_settings: ``{editor: {hyperparameter: value}}`` over each editor's defaults.
         instrument_settings: ``{instrument: {field: value}}`` for every editing run.
         downstream_dir: few-shot task files (claim 4 needs them).
@@ -49,6 +53,7 @@ class FindingsConfig:
     budget: str = "standard"
     out: str = "runs/findings"
     editors: tuple[str, ...] = EDITORS
+    data: str = "demo"
     mend_checkpoint: str | None = None
     editor_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     instrument_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -75,16 +80,11 @@ class Findings:
 
 
 def planned_editors(config: FindingsConfig) -> tuple[tuple[str, ...], dict[str, str]]:
-    """The editors to run and, for those left out, why."""
+    """The editors to run (in :data:`EDITORS`' order) and, for those left out, why."""
     unknown = sorted(set(config.editors) - set(EDITORS))
     if unknown:
         raise ConfigError(f"findings --editors: {', '.join(unknown)} not among {', '.join(EDITORS)}")
-    not_run = {}
-    editors = tuple(e for e in EDITORS if e in config.editors)
-    if "mend" in editors and config.mend_checkpoint is None:
-        not_run["mend"] = "no trained hypernetwork: train one with `editscope mend train` and pass --mend-checkpoint"
-        editors = tuple(e for e in editors if e != "mend")
-    return editors, not_run
+    return tuple(e for e in EDITORS if e in config.editors), {e: "not asked for (--editors)" for e in EDITORS if e not in config.editors}
 
 
 def run_posttrain_resumable(config: PosttrainConfig) -> list[dict[str, Any]]:
@@ -111,9 +111,12 @@ def judge(posttrain: list[PosttrainEvidence], edits: list[EditEvidence], rules: 
 
 def run_findings(config: FindingsConfig) -> Findings:
     """Run what is missing, judge, and write ``findings.html``, ``findings.json`` and the edit runs' report."""
+    from editscope.data import load_requests
+    from editscope.findings.hypernetwork import train_hypernetwork
     from editscope.findings.page import write_findings
     from editscope.findings.screen import measuring_only, screen_tasks, with_screened
     from editscope.report import build_report, load_runs
+    from editscope.runs.loop import select_requests
     from editscope.runs.study import prepare_shared
     from editscope.sweep.config import Resources, SweepConfig, SweepRun
     from editscope.sweep.runner import run_planned
@@ -124,13 +127,23 @@ def run_findings(config: FindingsConfig) -> Findings:
     settings = {editor: dict(values) for editor, values in config.editor_settings.items()}
     if config.mend_checkpoint:
         settings["mend"] = {**settings.get("mend", {}), "checkpoint": config.mend_checkpoint}
+
+    def plan(names: tuple[str, ...]) -> list[RunConfig]:
+        return edit_configs(config.model, budget, out, editors=names, data=config.data, downstream_dir=config.downstream_dir,
+                            editor_settings=settings, instrument_settings=config.instrument_settings)  # fmt: skip
+
     trainings = posttrain_configs(config.model, budget, out, config.device)
-    runs = edit_configs(config.model, budget, out, editors=editors, downstream_dir=config.downstream_dir, editor_settings=settings,
-                        instrument_settings=config.instrument_settings)  # fmt: skip
+    runs = plan(editors)  # every setting is checked before anything runs (MEND's checkpoint: after its training, below)
+    edited = select_requests(runs[0]) if runs else []  # an edit set smaller than the budget fails here
     for c in trainings:  # every folder is checked before anything runs
         store = RunStore(c.out, PosttrainConfig, position="step")
         store.check_claim(c, resume=store.saved_config() is not None, overwrite=False)
     records = {c.mode: run_posttrain_resumable(c) for c in trainings}
+    if "mend" in editors and config.mend_checkpoint is None:
+        folder = train_hypernetwork(config.model, load_requests(config.data), edited, budget.mend_steps, out,
+                                    data_name=config.data, device=config.device)  # fmt: skip
+        settings["mend"] = {**settings.get("mend", {}), "checkpoint": str(folder)}
+        runs = [plan(("mend",))[0] if c.editor == "mend" else c for c in runs]
     screened: tuple[TaskEvidence, ...] = ()
     if config.screen_tasks and runs and "downstream" in runs[0].instruments:
         tasks = screen_tasks(runs[0], out)
