@@ -137,12 +137,12 @@ def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
     assert {e["editor"] for e in data["edits"]} == set(EDITORS)
     # MEND's hypernetwork was trained for the budget's steps on the demo set without the edited requests
     mend = json.loads((out / "mend" / "mend.json").read_text())
-    edited = [r.id for r in select_requests(RunStore(out / "edits" / "mend").saved_config())]
+    edited_requests = select_requests(RunStore(out / "edits" / "mend").saved_config())
+    edited = [r.id for r in edited_requests]
     assert mend["step"] == budget_of("quick").mend_steps and mend["data"]["held_out_ids"] == edited
     assert mend["data"]["train"] == len(load_demo()) - len(edited) and len(edited) == budget_of("quick").edits
     assert any(v["claim"] == 2 and v["subject"] == "mend" for v in data["verdicts"])
     saved_at = (out / "mend" / "mend.json").stat().st_mtime_ns
-    edited_requests = select_requests(RunStore(out / "edits" / "mend").saved_config())
     steps = budget_of("quick").mend_steps
     assert train_hypernetwork(str(tiny_folder), load_demo(), edited_requests, steps, out, data_name="demo") == out / "mend"
     assert (out / "mend" / "mend.json").stat().st_mtime_ns == saved_at  # reused, not trained again
@@ -192,7 +192,7 @@ def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
 
 
 def test_an_edit_set_smaller_than_the_budget_fails_before_anything_runs(tiny_folder, tmp_path):
-    """``full`` edits 10,000 facts: on the 549 of the demo set it stops at once, naming the numbers, with nothing written."""
+    """``full`` edits 10,000 facts: on the 548 of the demo set it stops at once, naming the numbers, with nothing written."""
     from editscope.findings import FindingsConfig, run_findings
 
     with pytest.raises(ConfigError, match="fewer than the 10000 edits"):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from editscope.config import ConfigError
-from editscope.editors.mend.train_config import MENDTrainConfig
+from editscope.editors.mend.train_config import MENDTrainConfig, changed_settings
 from editscope.types import EditRequest
 
 logger = logging.getLogger(__name__)
@@ -36,11 +36,7 @@ def training_split(requests: Sequence[EditRequest], edited: Sequence[EditRequest
 
 def _check_reusable(folder: Path, meta: dict[str, Any], config: MENDTrainConfig, edited: Sequence[EditRequest]) -> None:
     """Refuse a finished checkpoint trained with other settings or for other edits than these."""
-    from editscope.config import to_dict
-    from editscope.editors.mend.train_config import saved_config
-
-    saved, wanted = saved_config(meta), to_dict(config)
-    differs = sorted(k for k, v in wanted.items() if saved.get(k) != v)
+    differs = changed_settings(meta, config)
     if differs or meta["data"]["held_out_ids"] != [r.id for r in edited]:
         what = ", ".join(differs) or "the edited requests"
         raise ConfigError(f"{folder}: a MEND checkpoint trained for other findings ({what} differ); use another --out, "

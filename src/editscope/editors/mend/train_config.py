@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from editscope.config import ConfigError, from_dict
+from editscope.config import ConfigError, from_dict, to_dict
 from editscope.editors.mend.locality import DIVERGENCES
 from editscope.precision import normalize
 
@@ -200,3 +200,9 @@ PREDATING_FIELDS = {"loc_text_share": 0.0, "loc_neighbor_rows": 1, "loc_corpus":
 def saved_config(meta: dict[str, Any]) -> dict[str, Any]:
     """The training config recorded in a checkpoint's ``meta``, with the fields it predates filled as it was trained."""
     return {**PREDATING_FIELDS, **meta["config"]}
+
+
+def changed_settings(meta: dict[str, Any], config: MENDTrainConfig) -> list[str]:
+    """The settings of ``config`` that differ from the checkpoint's (``meta``), other than :data:`RESUMABLE_CHANGES`."""
+    saved = saved_config(meta)
+    return sorted(k for k, v in to_dict(config).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)

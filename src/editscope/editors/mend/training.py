@@ -43,7 +43,7 @@ from editscope.editors.mend.checkpoint import MENDCheckpoint, save_checkpoint
 from editscope.editors.mend.factors import edit_sites, gradient_factors, low_rank_edits, pack_groups, tokens_of
 from editscope.editors.mend.locality import locality_kl, locality_pool, target_lift, text_locality_kl, text_pass, text_windows
 from editscope.editors.mend.network import MENDNetwork
-from editscope.editors.mend.train_config import RESUMABLE_CHANGES, MENDTrainConfig, saved_config
+from editscope.editors.mend.train_config import MENDTrainConfig, changed_settings, saved_config
 from editscope.linalg.zpass import replay_lower_blocks
 from editscope.models.fingerprint import model_fingerprint
 from editscope.models.hooks import capture_outputs
@@ -313,7 +313,7 @@ class MENDTrainer:
         """Continue from ``checkpoint`` (same model, data split and config up to :data:`RESUMABLE_CHANGES`)."""
         checkpoint.check_model(self.fingerprint)
         saved = saved_config(checkpoint.meta)
-        differs = sorted(k for k, v in to_dict(self.config).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+        differs = changed_settings(checkpoint.meta, self.config)
         if differs:
             raise ConfigError(
                 f"{checkpoint.folder}: cannot resume with a different config ({', '.join(f'{k}: saved {saved.get(k)!r}, now {to_dict(self.config)[k]!r}' for k in differs)})"
