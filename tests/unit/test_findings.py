@@ -13,6 +13,7 @@ from tests.conftest import shared_data
 from editscope.config import ConfigError
 from editscope.findings.evidence import EditEvidence, PosttrainEvidence, TaskEvidence, edit_evidence, posttrain_evidence
 from editscope.findings.rules import FAILS, HOLDS, UNSURE, claim1, claim2, claim3, claim4, degrades, rose_share, trend_step
+from editscope.precision import precision_record
 
 
 def _post(mean_rel, above=10, updated=10) -> PosttrainEvidence:
@@ -71,6 +72,24 @@ def test_claim4_leaves_out_tasks_at_chance_and_compares_with_encore():
     assert claim4([memit, replace(encore, tasks=(_task("sst2", 0.85, 0.60),))]).verdict == FAILS
     assert claim4([replace(memit, tasks=(_task("sst2", 0.85, 0.84),)), encore]).verdict == FAILS  # nothing degraded
     assert claim4([memit]).verdict == UNSURE
+
+
+def test_the_page_says_where_each_part_ran_and_when_the_parts_differ():
+    from editscope.findings.page import _measured_on
+    from editscope.findings.provenance import mixed, part_record
+
+    xeon = {"device": "cpu", "name": "Xeon", "cpu_capability": "AVX512", "auto": "bfloat16", "torch": "2.13.0", "torch_threads": 2}
+    cpt = part_record("posttrain/cpt", xeon, 600.0)
+    rome = part_record("edits/rome", {**xeon, "auto": "float32", "override": "fp32", "torch_threads": 1}, 1200.0)
+    assert (cpt.machine, cpt.precision, cpt.threads) == ("Xeon (AVX512)", "bfloat16", 2)
+    assert (rome.precision, rome.threads) == ("float32 (EDITSCOPE_PRECISION=fp32)", 1)
+    assert mixed([cpt, rome]) == ["precision"] and mixed([cpt, cpt]) == []
+    page = _measured_on([cpt, rome])
+    assert "differ in precision" in page and "30.0 min in all" in page and "<td>20.0</td>" in page
+    assert "differ in" not in _measured_on([cpt]) and _measured_on([]) == ""
+    gpu = part_record("edits/memit", {"device": "cuda", "name": "H100", "cpu_capability": "AVX512", "auto": "bfloat16", "torch": "2.13.0"}, None)
+    assert gpu.machine == "H100" and mixed([cpt, gpu]) == ["machine"] and "unrecorded" in _measured_on([gpu])
+    assert part_record("mend training", {}, None).machine == "unrecorded"
 
 
 def test_screening_keeps_the_tasks_above_chance_and_is_saved_with_its_settings(tiny_folder, tmp_path, monkeypatch):
@@ -186,6 +205,16 @@ def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
     memit.write_text("".join(json.dumps(x) + "\n" for x in lines))
     flipped = claim2(edit_evidence(load_runs([out / "edits" / "memit"])[0])).verdict
     assert flipped == FAILS and before != FAILS
+    # each part's machine, precision, threads and time as its folder recorded them; one machine here
+    measured = data["measured_on"]
+    assert [p["part"] for p in measured["parts"]] == ["posttrain/cpt", "posttrain/full", "posttrain/lora", "mend training",
+                                                      *(f"edits/{e}" for e in EDITORS)]  # fmt: skip
+    here = precision_record("cpu")
+    assert measured["differ_in"] == [] and "id='measured-on'" in page and "differ in" not in page
+    for part in measured["parts"]:
+        assert part["machine"].startswith(here["name"]) and part["precision"].startswith(here["auto"]) and part["wall_s"] > 0
+    assert measured["parts"][-1]["wall_s"] == runs[EDITORS[-1]].records[-1]["wall_s"]
+    assert measured["parts"][3]["wall_s"] == mend["wall_s"]
     # every post-training folder is complete: a rerun reads it back instead of training again
     for c in posttrain_configs(str(tiny_folder), budget_of("quick"), out, "cpu"):
         assert RunStore(c.out, PosttrainConfig, position="step").is_complete(c, c.steps)

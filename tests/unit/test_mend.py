@@ -256,9 +256,11 @@ def test_resumed_training_continues_bit_identically(tmp_path, one_thread):
     with pytest.raises(KeyboardInterrupt):
         trainer(config).train(tmp_path / "interrupted", interrupt)
     resumed = trainer(config)
-    resumed.restore(load_checkpoint(tmp_path / "interrupted", optimizer=True))
-    assert resumed.step == 3
+    saved = load_checkpoint(tmp_path / "interrupted", optimizer=True)
+    resumed.restore(saved)
+    assert resumed.step == 3 and resumed.wall_s == saved.meta["wall_s"] > 0  # training time carries over the resume
     resumed.train(tmp_path / "interrupted")
+    assert load_checkpoint(tmp_path / "interrupted").meta["wall_s"] > saved.meta["wall_s"]
     a, b = straight.network.state_dict(), resumed.network.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert load_checkpoint(tmp_path / "interrupted").step == 6

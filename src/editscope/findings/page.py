@@ -16,6 +16,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from editscope.findings.evidence import PosttrainEvidence
+from editscope.findings.provenance import PartRecord, mixed
 from editscope.findings.rules import CLAIMS, Verdict, trend_step
 from editscope.findings.run import Findings
 from editscope.report.style import FigureStyle, plot_series, run_color, style_context
@@ -57,6 +58,29 @@ def _posttrain_table(evidence: Sequence[PosttrainEvidence]) -> str:
     return f"<table>{header}{''.join(rows)}</table>"
 
 
+def _minutes(seconds: float | None) -> str:
+    return "unrecorded" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def _measured_on(records: Sequence[PartRecord]) -> str:
+    """Each part's machine, precision, threads and time, and a warning where the parts differ in those."""
+    if not records:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(r.part)}</td><td>{_e(r.machine)}</td><td>{_e(r.precision)}</td><td>{_e(r.threads if r.threads is not None else 'unrecorded')}</td>"
+        f"<td>{_e(r.torch)}</td><td>{_minutes(r.wall_s)}</td></tr>"
+        for r in records
+    )
+    total = sum(r.wall_s for r in records if r.wall_s is not None)
+    header = "<tr><th>part</th><th>machine</th><th>precision (auto)</th><th>torch threads</th><th>torch</th><th>wall time (min)</th></tr>"
+    differs = mixed(records)
+    warning = (f"<p><b>The parts differ in {_e(', '.join(differs))}</b>: their numbers were measured apart; "
+               "a verdict that rests on a small margin may not carry across.</p>") if differs else ""  # fmt: skip
+    return (f"<h2 id='measured-on'>Measured on</h2><p>As each part's folder recorded it when the part began; wall time is the part's own, "
+            f"resumes included ({total / 60:.1f} min in all; the statistics and the screening are not in it).</p>{warning}"
+            f"<table>{header}{rows}</table>")  # fmt: skip
+
+
 def posttrain_figure(evidence: Sequence[PosttrainEvidence], style: FigureStyle = FigureStyle()) -> Figure:
     """Mean relative norm change of the updated matrices (a), and the two parts of ‖W‖² − ‖W0‖² (b), against steps."""
     with style_context(style):
@@ -93,6 +117,7 @@ def findings_json(findings: Findings) -> dict:
         "posttrain": [{**asdict(e), "trend_from_step": trend_step(e)} for e in findings.posttrain],
         "edits": [asdict(e) for e in findings.edits], "rules": asdict(findings.rules),
         "screened": [asdict(t) for t in findings.screened],
+        "measured_on": {"parts": [asdict(p) for p in findings.parts], "differ_in": mixed(findings.parts)},
     })  # type: ignore[return-value]  # fmt: skip
 
 
@@ -107,6 +132,7 @@ def findings_html(findings: Findings) -> str:
     ]
     if findings.not_run:
         parts.append("<p>Not run: " + "; ".join(f"{_e(k)}: {_e(v)}" for k, v in findings.not_run.items()) + ".</p>")
+    parts.append(_measured_on(findings.parts))
     for number, text in CLAIMS.items():
         verdicts = [v for v in findings.verdicts if v.claim == number]
         parts.append(f"<h2 id='claim-{number}'>Claim {number}</h2><p>{_e(text)}</p>")

@@ -52,8 +52,8 @@ BUDGETS: dict[str, Budget] = {
     # a smoke check in minutes: every part runs, the numbers are too short to judge much
     "quick": Budget(posttrain_steps=12, posttrain_every=4, posttrain_batch=2, posttrain_seq_len=64, edits=20, batch_size=5,
                     every=10, downstream_examples=20, downstream_ends_only=True, eval_windows=2, mend_steps=20),  # fmt: skip
-    # SmolLM2-135M on a 2-core CPU: 59 min measured in the AVX2 path (fp32, 502 tok/s forward), ~85 min estimated at 347 tok/s (both without
-    # MEND training, which came later; Gemma 3 270M: about 2 h 40 min extrapolated, bf16 on a 2-core AMX CPU)
+    # SmolLM2-135M on a 2-core CPU in the AVX2 path (fp32, 2 threads): 84.5 min measured at 404 tok/s forward, MEND's 400 training steps
+    # included (14 min), ~98 min scaled to 347 tok/s; Gemma 3 270M: about 2 h 40 min extrapolated, bf16 on a 2-core AMX CPU
     "standard": Budget(posttrain_steps=150, posttrain_every=25, posttrain_batch=4, posttrain_seq_len=128, edits=100, batch_size=10,
                        every=25, downstream_examples=100, downstream_ends_only=True, eval_windows=8, mend_steps=400),  # fmt: skip
     # the papers' scale, for a GPU: 10,000 edits in batches of 100 (the ENCORE paper's setting; needs --data with as many, e.g. CounterFact)

@@ -17,6 +17,7 @@ from typing import Any
 from editscope.config import ConfigError
 from editscope.findings.evidence import EditEvidence, PosttrainEvidence, TaskEvidence, edit_evidence, posttrain_evidence
 from editscope.findings.plan import EDITORS, budget_of, edit_configs, posttrain_configs
+from editscope.findings.provenance import PartRecord, mend_record, run_folder_record
 from editscope.findings.rules import Rules, Verdict, claim1, claim2, claim3, claim4, degrades
 from editscope.posttrain.config import PosttrainConfig
 from editscope.runs.config import RunConfig
@@ -67,8 +68,8 @@ class FindingsConfig:
 
 @dataclass(frozen=True)
 class Findings:
-    """What the page shows: the evidence, every verdict, what was not run, and the downstream tasks
-    left out before editing (at chance on the unedited model)."""
+    """What the page shows: the evidence, every verdict, what was not run, the downstream tasks
+    left out before editing (at chance on the unedited model), and where each part ran (``parts``)."""
 
     config: FindingsConfig
     posttrain: tuple[PosttrainEvidence, ...]
@@ -77,6 +78,7 @@ class Findings:
     not_run: dict[str, str] = field(default_factory=dict)
     rules: Rules = Rules()
     screened: tuple[TaskEvidence, ...] = ()
+    parts: tuple[PartRecord, ...] = ()
 
 
 def planned_editors(config: FindingsConfig) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -139,8 +141,9 @@ def run_findings(config: FindingsConfig) -> Findings:
         store = RunStore(c.out, PosttrainConfig, position="step")
         store.check_claim(c, resume=store.saved_config() is not None, overwrite=False)
     records = {c.mode: run_posttrain_resumable(c) for c in trainings}
-    if "mend" in editors and config.mend_checkpoint is None:
-        folder = train_hypernetwork(config.model, load_requests(config.data), edited, budget.mend_steps, out,
+    mend_folder = Path(config.mend_checkpoint) if config.mend_checkpoint else None
+    if "mend" in editors and mend_folder is None:
+        mend_folder = folder = train_hypernetwork(config.model, load_requests(config.data), edited, budget.mend_steps, out,
                                     data_name=config.data, device=config.device)  # fmt: skip
         settings["mend"] = {**settings.get("mend", {}), "checkpoint": str(folder)}
         runs = [plan(("mend",))[0] if c.editor == "mend" else c for c in runs]
@@ -161,6 +164,9 @@ def run_findings(config: FindingsConfig) -> Findings:
     build_report([c.out for c in runs], out / "report")
     posttrain = [posttrain_evidence(mode, rec) for mode, rec in records.items()]
     edits = [with_screened(edit_evidence(run), screened) for run in loaded]
-    findings = Findings(config, tuple(posttrain), tuple(edits), tuple(judge(posttrain, edits)), not_run, screened=screened)
+    parts = [run_folder_record(f"posttrain/{c.mode}", Path(c.out), "step") for c in trainings]
+    parts += [mend_record(mend_folder)] if "mend" in editors and mend_folder is not None else []
+    parts += [run_folder_record(f"edits/{c.editor}", Path(c.out), "edits") for c in runs]
+    findings = Findings(config, tuple(posttrain), tuple(edits), tuple(judge(posttrain, edits)), not_run, screened=screened, parts=tuple(parts))
     write_findings(findings, out)
     return findings

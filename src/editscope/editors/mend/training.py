@@ -28,6 +28,7 @@ import hashlib
 import logging
 import math
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,7 @@ class MENDTrainer:
             ]
         )
         self.step = 0
+        self.wall_s = 0.0  # training time, accumulated over resumes
         self.history: list[dict[str, float]] = []
         self._orders: dict[int, list[int]] = {}
 
@@ -282,7 +284,9 @@ class MENDTrainer:
         """Train up to ``config.steps`` steps, saving to ``out`` every ``checkpoint_every`` steps and at the end."""
         metrics: dict[str, float] = {}
         while self.step < self.config.steps:
+            start = time.perf_counter()
             metrics = self.train_step()
+            self.wall_s += time.perf_counter() - start
             if self.step % 10 == 0 or self.step == self.config.steps:
                 logger.info("mend step %d/%d: %s", self.step, self.config.steps, {k: round(v, 4) for k, v in metrics.items()})
             if out is not None and (self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps):
@@ -302,6 +306,7 @@ class MENDTrainer:
             "history": self.history,
             "loc_text": self.text_meta,
             "torch_threads": torch.get_num_threads(),
+            "wall_s": round(self.wall_s, 3),
             "precision": {"autocast": self.precision or "float32", "hardware": precision_record(self.device)},
         }
 
@@ -331,6 +336,7 @@ class MENDTrainer:
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.step = checkpoint.step
         self.history = list(checkpoint.meta.get("history", []))
+        self.wall_s = float(checkpoint.meta.get("wall_s", 0.0))
         threads = checkpoint.meta.get("torch_threads")
         if threads is not None and threads != torch.get_num_threads():
             logger.warning("%s: saved with %d torch threads, resuming with %d: not bit-identical to an uninterrupted run",
