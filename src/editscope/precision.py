@@ -12,7 +12,8 @@ evaluation, MEND training, post-training) takes one of:
 
 ``auto`` resolves by the device: an accelerator whose torch runtime answers ``is_bf16_supported``
 (``torch.cuda``, ``torch.xpu``) by that answer without emulation; a CPU whose flags include
-AVX-512 BF16 or AMX tiles by those flags; any other device (an AVX2 CPU, an ARM CPU, MPS) by a
+AVX-512 BF16 or AMX tiles by those flags, where torch dispatches its AVX-512 kernels
+(``ATEN_CPU_CAPABILITY`` can cap that, e.g. to emulate an AVX2-only CPU); any other device (an AVX2 CPU, an ARM CPU, MPS) by a
 measured probe -- a bf16 matrix product against a float32
 one, bf16 native when it is faster -- run once and cached per device kind, CPU model and torch
 version (and CPU flags) under ``$EDITSCOPE_HOME/precision/``. ``EDITSCOPE_PRECISION=fp32`` (or ``bf16``) makes
@@ -174,7 +175,7 @@ def detect(device: torch.device | str = "cpu") -> Hardware:
         return Hardware(device.type, name, capability, avx512_bf16, amx, native, device.type)
     if device.type == "cpu":
         name = cpu_name()
-        if avx512_bf16 or amx:
+        if (avx512_bf16 or amx) and capability.startswith("AVX512"):  # torch capped below AVX-512 (ATEN_CPU_CAPABILITY): the probe decides
             return Hardware("cpu", name, capability, avx512_bf16, amx, True, "flags")
     else:
         name = device.type

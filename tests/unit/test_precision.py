@@ -59,10 +59,23 @@ def test_auto_is_bf16_where_the_probe_finds_it_faster(no_flags, monkeypatch):
 def test_cpu_flags_decide_without_a_probe(monkeypatch):
     monkeypatch.delenv(OVERRIDE_ENV, raising=False)
     monkeypatch.setattr(precision, "_cpu_flag", lambda name: name == "_is_avx512_bf16_supported")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     calls = fake_probe(monkeypatch, bf16_s=1.0, fp32_s=0.001)
     assert detect("cpu").decided_by == "flags"
     assert resolve(AUTO, "cpu") == "bfloat16"
     assert calls == []
+
+
+def test_flags_do_not_decide_when_torch_is_capped_below_avx512(monkeypatch, tmp_path):
+    """ATEN_CPU_CAPABILITY=avx2 on an AVX-512 BF16 CPU (the AVX2 path emulated): the probe measures what runs."""
+    monkeypatch.setenv("EDITSCOPE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(OVERRIDE_ENV, raising=False)
+    monkeypatch.setattr(precision, "_cpu_flag", lambda name: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    calls = fake_probe(monkeypatch, bf16_s=0.6, fp32_s=0.015)
+    hardware = detect("cpu")
+    assert (hardware.decided_by, hardware.native_bf16, hardware.avx512_bf16) == ("probe", False, True) and len(calls) == 1
+    assert resolve(AUTO, "cpu") is None
 
 
 def test_an_accelerator_runtime_answers_for_its_device(monkeypatch):
