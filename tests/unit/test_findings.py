@@ -85,7 +85,7 @@ def test_the_page_says_where_each_part_ran_and_when_the_parts_differ():
     assert (rome.precision, rome.threads) == ("float32 (EDITSCOPE_PRECISION=fp32)", 1)
     assert mixed([cpt, rome]) == ["precision"] and mixed([cpt, cpt]) == []
     page = _measured_on([cpt, rome])
-    assert "differ in precision" in page and "30.0 min in all" in page and "<td>20.0</td>" in page
+    assert "differ in precision" in page and "30.0 min summed over the parts" in page and "<td>20.0</td>" in page
     assert "differ in" not in _measured_on([cpt]) and _measured_on([]) == ""
     gpu = part_record("edits/memit", {"device": "cuda", "name": "H100", "cpu_capability": "AVX512", "auto": "bfloat16", "torch": "2.13.0"}, None)
     assert gpu.machine == "H100" and mixed([cpt, gpu]) == ["machine"] and "unrecorded" in _measured_on([gpu])

@@ -77,7 +77,8 @@ def _measured_on(records: Sequence[PartRecord]) -> str:
     warning = (f"<p><b>The parts differ in {_e(', '.join(differs))}</b>: their numbers were measured apart; "
                "a verdict that rests on a small margin may not carry across.</p>") if differs else ""  # fmt: skip
     return (f"<h2 id='measured-on'>Measured on</h2><p>As each part's folder recorded it when the part began; wall time is the part's own, "
-            f"resumes included ({total / 60:.1f} min in all; the statistics and the screening are not in it).</p>{warning}"
+            f"resumes included ({total / 60:.1f} min summed over the parts, those that ran side by side each in full; the editors' "
+            f"statistics and the screening are not in it).</p>{warning}"
             f"<table>{header}{rows}</table>")  # fmt: skip
 
 
