@@ -50,22 +50,17 @@ def part_record(part: str, precision: Mapping[str, Any], wall_s: float | None, t
                       None if wall_s is None else float(wall_s))  # fmt: skip
 
 
-def run_folder_record(part: str, folder: Path, position: str) -> PartRecord:
-    """A post-training (``position="step"``) or editing (``"edits"``) run folder's :class:`PartRecord`."""
-    from editscope.runs.store import METRICS, RunStore, read_metrics_file
-
-    records = read_metrics_file(folder / METRICS, position)
-    wall = records[-1].get("wall_s") if records else None
-    return part_record(part, dict(RunStore(folder, position=position).saved_resolved().get("precision") or {}), wall)
+def run_folder_record(part: str, resolved: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> PartRecord:
+    """A post-training or editing run folder's :class:`PartRecord`, from what was read of it already: the
+    ``resolved`` record of its ``config.yaml`` and its ``metrics.jsonl`` records (the last carries the run's wall time)."""
+    return part_record(part, dict(resolved.get("precision") or {}), records[-1].get("wall_s") if records else None)
 
 
 def mend_record(folder: Path) -> PartRecord:
     """The MEND hypernetwork's training, from its checkpoint's ``mend.json``."""
-    import json
+    from editscope.editors.mend.checkpoint import read_meta
 
-    from editscope.editors.mend.checkpoint import META
-
-    meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    meta = read_meta(folder)
     precision = meta.get("precision") or {}
     return part_record("mend training", dict(precision.get("hardware") or {}), meta.get("wall_s"), meta.get("torch_threads"))
 

@@ -143,9 +143,9 @@ def run_findings(config: FindingsConfig) -> Findings:
     records = {c.mode: run_posttrain_resumable(c) for c in trainings}
     mend_folder = Path(config.mend_checkpoint) if config.mend_checkpoint else None
     if "mend" in editors and mend_folder is None:
-        mend_folder = folder = train_hypernetwork(config.model, load_requests(config.data), edited, budget.mend_steps, out,
-                                    data_name=config.data, device=config.device)  # fmt: skip
-        settings["mend"] = {**settings.get("mend", {}), "checkpoint": str(folder)}
+        mend_folder = train_hypernetwork(config.model, load_requests(config.data), edited, budget.mend_steps, out,
+                                         data_name=config.data, device=config.device)  # fmt: skip
+        settings["mend"] = {**settings.get("mend", {}), "checkpoint": str(mend_folder)}
         runs = [plan(("mend",))[0] if c.editor == "mend" else c for c in runs]
     screened: tuple[TaskEvidence, ...] = ()
     if config.screen_tasks and runs and "downstream" in runs[0].instruments:
@@ -164,9 +164,9 @@ def run_findings(config: FindingsConfig) -> Findings:
     build_report([c.out for c in runs], out / "report")
     posttrain = [posttrain_evidence(mode, rec) for mode, rec in records.items()]
     edits = [with_screened(edit_evidence(run), screened) for run in loaded]
-    parts = [run_folder_record(f"posttrain/{c.mode}", Path(c.out), "step") for c in trainings]
+    parts = [run_folder_record(f"posttrain/{c.mode}", RunStore(c.out).saved_resolved(), records[c.mode]) for c in trainings]
     parts += [mend_record(mend_folder)] if "mend" in editors and mend_folder is not None else []
-    parts += [run_folder_record(f"edits/{c.editor}", Path(c.out), "edits") for c in runs]
+    parts += [run_folder_record(f"edits/{c.editor}", run.config.get("resolved") or {}, run.records) for c, run in zip(runs, loaded, strict=True)]
     findings = Findings(config, tuple(posttrain), tuple(edits), tuple(judge(posttrain, edits)), not_run, screened=screened, parts=tuple(parts))
     write_findings(findings, out)
     return findings

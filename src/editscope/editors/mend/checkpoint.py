@@ -143,16 +143,16 @@ def is_checkpoint(folder: str | Path) -> bool:
     return (Path(folder) / META).is_file()
 
 
-def load_checkpoint(folder: str | Path, *, optimizer: bool = False) -> MENDCheckpoint:
-    """Read and verify a checkpoint folder (every file against its sha256 in the manifest)."""
+def _located(folder: str | Path) -> Path:
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise MENDCheckpointError(f"no MEND checkpoint at {path}: not a folder (train one with `editscope mend train`)")
     if not is_checkpoint(path):
         raise MENDCheckpointError(f"{path} is not a MEND checkpoint: it has no {META}")
-    problem = verify_manifest(path, full=True)
-    if problem is not None:
-        raise MENDCheckpointError(f"{path}: corrupt or incomplete MEND checkpoint ({problem}); train again or restore it")
+    return path
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -162,6 +162,21 @@ def load_checkpoint(folder: str | Path, *, optimizer: bool = False) -> MENDCheck
     for key in ("config", "slots", "step", "fingerprint"):
         if key not in meta:
             raise MENDCheckpointError(f"{path}/{META}: missing {key!r}")
+    return meta
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``mend.json`` record, checked for its format and keys (the tensors are not read)."""
+    return _read_meta(_located(folder))
+
+
+def load_checkpoint(folder: str | Path, *, optimizer: bool = False) -> MENDCheckpoint:
+    """Read and verify a checkpoint folder (every file against its sha256 in the manifest)."""
+    path = _located(folder)
+    problem = verify_manifest(path, full=True)
+    if problem is not None:
+        raise MENDCheckpointError(f"{path}: corrupt or incomplete MEND checkpoint ({problem}); train again or restore it")
+    meta = _read_meta(path)
     try:
         network = load_file(str(path / NETWORK))
         opt_state = None
