@@ -124,6 +124,38 @@ def test_screening_keeps_the_tasks_above_chance_and_is_saved_with_its_settings(t
     assert " on sst2;" in degrades(evidence).reason  # the left-out task does not count
 
 
+def test_post_training_and_mend_training_run_side_by_side_on_ray(tiny_folder, tmp_path):
+    """On a CPU with Ray the parts the editing runs do not wait on are sweep jobs of one thread each;
+    a second call finds them done and sends no post-training job again."""
+    ray = pytest.importorskip("ray")
+    import logging
+
+    from editscope.editors.mend.checkpoint import read_meta
+    from editscope.findings import FindingsConfig
+    from editscope.findings.parts import mend_payload, posttrain_done, preparation_jobs
+    from editscope.findings.plan import budget_of, edit_configs, posttrain_configs
+    from editscope.findings.run import prepare
+    from editscope.runs.loop import select_requests
+    from editscope.runs.store import RunStore
+
+    out, budget = tmp_path / "f", budget_of("quick")
+    trainings = posttrain_configs(str(tiny_folder), budget, out, "cpu")
+    edited = [r.id for r in select_requests(edit_configs(str(tiny_folder), budget, out, editors=("mend",))[0])]
+    mend = mend_payload(str(tiny_folder), "demo", edited, budget.mend_steps, out, "cpu")
+    assert [j.name for j in preparation_jobs(trainings, mend)] == ["mend training", "posttrain cpt", "posttrain full", "posttrain lora"]
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        prepare(FindingsConfig(model=str(tiny_folder), budget="quick", out=str(out), backend="ray", device="cpu"), trainings, mend)
+    finally:
+        ray.shutdown()
+    for c in trainings:
+        assert posttrain_done(c), c.mode
+        assert RunStore(c.out).saved_resolved()["precision"]["torch_threads"] == 1, c.mode  # in a worker, one thread
+    meta = read_meta(out / "mend")
+    assert meta["step"] == budget.mend_steps and meta["torch_threads"] == 1 and meta["data"]["held_out_ids"] == edited
+    assert [j.name for j in preparation_jobs(trainings, mend)] == ["mend training"]  # its work reuses the finished checkpoint
+
+
 def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
     """Every part runs; each verdict in findings.json is its rule applied to the recorded numbers, and
     a number changed in a run's metrics.jsonl changes the verdict."""

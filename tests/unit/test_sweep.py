@@ -105,7 +105,7 @@ def test_base_out_is_refused_and_base_may_be_a_file(tiny_folder, tmp_path):
 # -- retries and outcomes, without models -----------------------------------------------------------
 def test_failed_runs_are_retried_then_reported(tiny_folder, tmp_path, monkeypatch, capsys):
     from editscope.cli import main
-    from editscope.sweep import backends
+    from editscope.sweep import runner
 
     calls: list[str] = []
 
@@ -116,7 +116,7 @@ def test_failed_runs_are_retried_then_reported(tiny_folder, tmp_path, monkeypatc
             raise RuntimeError(f"lost {name}")
         return {"edits": config_data["edits"], "weights_sha256": "ab"}
 
-    monkeypatch.setattr(backends, "run_task", flaky)
+    monkeypatch.setattr(runner, "run_task", flaky)
     sweep = tiny_sweep(tiny_folder, tmp_path / "sweep", grid={"seed": [0, 1]}, max_retries=1)
     report = run_sweep(sweep, backend="inprocess")
     assert [(o.name, o.status, o.attempts) for o in report.outcomes] == [("seed=0", "finished", 2), ("seed=1", "failed", 2)]
@@ -129,7 +129,7 @@ def test_failed_runs_are_retried_then_reported(tiny_folder, tmp_path, monkeypatc
         raise ConfigError("run.data: no such file")
 
     calls.clear()
-    monkeypatch.setattr(backends, "run_task", config_error)
+    monkeypatch.setattr(runner, "run_task", config_error)
     report = run_sweep(sweep, backend="inprocess")
     assert [o.attempts for o in report.outcomes] == [1, 1]  # not retried: it would fail the same way
 

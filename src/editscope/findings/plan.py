@@ -28,8 +28,9 @@ class Budget:
         batch_size: edits per editor call (ROME applies a call's edits one after another, as its paper does).
         every: edits between checkpoints.
         downstream_examples: examples per downstream task (100 resolves a 5-point change).
-        downstream_ends_only: measure downstream ability only before the first edit and after the last
-            (claim 4 reads those two; on a CPU the few-shot passes cost more than the edits).
+        ends_only: instruments measured only before the first edit and after the last (claim 4 reads
+            downstream ability and edit efficacy there alone; on a CPU the few-shot passes cost more than
+            the edits, and edit quality, which scores every edit so far, ~40% of a checkpoint's instruments).
         eval_windows: held-out perplexity windows of the post-training runs.
         mend_steps: training steps of MEND's hypernetwork where none is given
             (:mod:`editscope.findings.hypernetwork`; the shipped ``mend train`` default is 1400).
@@ -43,7 +44,7 @@ class Budget:
     batch_size: int
     every: int
     downstream_examples: int
-    downstream_ends_only: bool
+    ends_only: tuple[str, ...]
     eval_windows: int
     mend_steps: int
 
@@ -51,14 +52,13 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     # a smoke check in minutes: every part runs, the numbers are too short to judge much
     "quick": Budget(posttrain_steps=12, posttrain_every=4, posttrain_batch=2, posttrain_seq_len=64, edits=20, batch_size=5,
-                    every=10, downstream_examples=20, downstream_ends_only=True, eval_windows=2, mend_steps=20),  # fmt: skip
-    # SmolLM2-135M on a 2-core CPU in the AVX2 path (fp32, 2 threads): 84.5 min measured at 404 tok/s forward, MEND's 400 training steps
-    # included (14 min), ~98 min scaled to 347 tok/s; Gemma 3 270M: about 2 h 40 min extrapolated, bf16 on a 2-core AMX CPU
-    "standard": Budget(posttrain_steps=150, posttrain_every=25, posttrain_batch=4, posttrain_seq_len=128, edits=100, batch_size=10,
-                       every=25, downstream_examples=100, downstream_ends_only=True, eval_windows=8, mend_steps=400),  # fmt: skip
+                    every=10, downstream_examples=20, ends_only=("downstream",), eval_windows=2, mend_steps=20),  # fmt: skip
+    # about an hour for SmolLM2-135M on a 2-core CPU in the AVX2 path (fp32; docs/findings.md gives the measured time)
+    "standard": Budget(posttrain_steps=150, posttrain_every=25, posttrain_batch=4, posttrain_seq_len=128, edits=70, batch_size=10,
+                       every=25, downstream_examples=100, ends_only=("downstream", "edit_quality"), eval_windows=8, mend_steps=400),  # fmt: skip
     # the papers' scale, for a GPU: 10,000 edits in batches of 100 (the ENCORE paper's setting; needs --data with as many, e.g. CounterFact)
     "full": Budget(posttrain_steps=3000, posttrain_every=250, posttrain_batch=8, posttrain_seq_len=256, edits=10000, batch_size=100,
-                   every=1000, downstream_examples=100, downstream_ends_only=False, eval_windows=16, mend_steps=1400),  # fmt: skip
+                   every=1000, downstream_examples=100, ends_only=(), eval_windows=16, mend_steps=1400),  # fmt: skip
 }
 
 
@@ -94,7 +94,7 @@ def edit_configs(
             "model": model, "editor": editor, "editor_config": dict((editor_settings or {}).get(editor, {})), "data": data,
             "edits": budget.edits, "batch_size": budget.batch_size, "every": budget.every,
             "seed": 0, "instruments": instruments, "instrument_config": settings, "out": str(out / "edits" / editor),
-            "ends_only": ["downstream"] if downstream_dir and budget.downstream_ends_only else [],
+            "ends_only": [i for i in budget.ends_only if i in instruments],
         })  # fmt: skip
         for editor in editors
     ]

@@ -1,10 +1,12 @@
 """``run_findings``: run (or reuse) everything the claims need, then judge each claim and write the page.
 
-Post-training runs go one after another in this process (each resumes from its ``state/``); the
-editors' statistics and the unedited model's downstream predictions are then computed once with all
-threads (:func:`editscope.runs.study.prepare_shared`, skipped when joining a cluster), and the
-editing runs go through the sweep machinery (:func:`editscope.sweep.runner.run_planned`), so they
-can run on a Ray cluster, and finished folders are skipped. Nothing is judged until every run is done.
+The post-training runs and MEND's training come first: on a CPU with Ray they are sweep jobs on the
+editing runs' workers, one thread each, side by side (:mod:`editscope.findings.parts`); on a GPU, or
+without Ray, they go one after another in this process. Each resumes from its folder. The editors'
+statistics and the unedited model's downstream predictions are then computed once with all threads
+(:func:`editscope.runs.study.prepare_shared`, skipped when joining a cluster), and the editing runs go
+through the sweep machinery (:func:`editscope.sweep.runner.run_planned`), so they can run on a Ray
+cluster, and finished folders are skipped. Nothing is judged until every run is done.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from editscope.config import ConfigError
 from editscope.findings.evidence import EditEvidence, PosttrainEvidence, TaskEvidence, edit_evidence, posttrain_evidence
@@ -44,9 +48,10 @@ class FindingsConfig:
         downstream_dir: few-shot task files (claim 4 needs them).
         screen_tasks: measure after editing only the downstream tasks claim 4 reads (above chance on the
             unedited model; :mod:`editscope.findings.screen`); ``False`` measures every task.
-        backend: where the editing runs go (``auto``: Ray where installed, else in process).
+        backend: where the editing runs (and, on a CPU, the post-training runs and MEND's training) go
+            (``auto``: Ray where installed, else in process).
         ray_address: a Ray cluster to join.
-        threads: torch threads per editing run.
+        threads: torch threads per job on Ray.
         device: device of the post-training runs.
     """
 
@@ -111,11 +116,33 @@ def judge(posttrain: list[PosttrainEvidence], edits: list[EditEvidence], rules: 
     return verdicts
 
 
+def prepare(config: FindingsConfig, trainings: list[PosttrainConfig], mend: dict[str, Any] | None) -> None:
+    """Run the post-training runs and MEND's training (``mend``: :func:`~editscope.findings.parts.mend_payload`,
+    ``None`` when not needed): sweep jobs side by side on a CPU with Ray, else one after another here."""
+    from editscope.findings.parts import mend_work, preparation_jobs
+    from editscope.models.loading import resolve_device
+    from editscope.sweep.config import Resources, SweepConfig
+    from editscope.sweep.runner import choose_backend, run_jobs
+
+    on_cpu = resolve_device(config.device).type == "cpu"
+    if on_cpu and choose_backend(config.backend, config.ray_address) == "ray":  # type: ignore[arg-type]
+        jobs = preparation_jobs(trainings, mend)
+        sweep = SweepConfig(root=config.out, resources=Resources(num_cpus=config.threads), max_retries=1)
+        report = run_jobs(jobs, sweep, backend="ray", ray_address=config.ray_address)
+        if report.failed:
+            raise ConfigError(f"findings: {', '.join(f'{o.name} failed ({o.error})' for o in report.failed)}")
+        return
+    for c in trainings:
+        run_posttrain_resumable(c)
+    if mend is not None:
+        mend_work(mend, torch.get_num_threads())
+
+
 def run_findings(config: FindingsConfig) -> Findings:
     """Run what is missing, judge, and write ``findings.html``, ``findings.json`` and the edit runs' report."""
-    from editscope.data import load_requests
-    from editscope.findings.hypernetwork import train_hypernetwork
+    from editscope.findings.hypernetwork import FOLDER
     from editscope.findings.page import write_findings
+    from editscope.findings.parts import mend_payload
     from editscope.findings.screen import measuring_only, screen_tasks, with_screened
     from editscope.report import build_report, load_runs
     from editscope.runs.loop import select_requests
@@ -140,11 +167,12 @@ def run_findings(config: FindingsConfig) -> Findings:
     for c in trainings:  # every folder is checked before anything runs
         store = RunStore(c.out, PosttrainConfig, position="step")
         store.check_claim(c, resume=store.saved_config() is not None, overwrite=False)
-    records = {c.mode: run_posttrain_resumable(c) for c in trainings}
-    mend_folder = Path(config.mend_checkpoint) if config.mend_checkpoint else None
-    if "mend" in editors and mend_folder is None:
-        mend_folder = train_hypernetwork(config.model, load_requests(config.data), edited, budget.mend_steps, out,
-                                         data_name=config.data, device=config.device)  # fmt: skip
+    train_mend = "mend" in editors and not config.mend_checkpoint
+    prepare(config, trainings, mend_payload(config.model, config.data, [r.id for r in edited], budget.mend_steps, out, config.device)
+            if train_mend else None)  # fmt: skip
+    records = {c.mode: RunStore(c.out, PosttrainConfig, position="step").read_metrics() for c in trainings}
+    mend_folder = Path(config.mend_checkpoint) if config.mend_checkpoint else out / FOLDER if train_mend else None
+    if train_mend:
         settings["mend"] = {**settings.get("mend", {}), "checkpoint": str(mend_folder)}
         runs = [plan(("mend",))[0] if c.editor == "mend" else c for c in runs]
     screened: tuple[TaskEvidence, ...] = ()

@@ -1,15 +1,38 @@
-"""What a worker does for one sweep run: run it (resuming from its folder) with a fixed torch thread count."""
+"""What a worker does: one job (an editing run, or another resumable part such as a post-training run)
+with a fixed torch thread count."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from editscope.config import from_dict
 from editscope.runs.config import RunConfig
+
+Work = Callable[[dict[str, Any], int], dict[str, Any]]
+"""``work(payload, threads) -> summary``: a module-level function (a worker imports it by name) that runs
+or continues one job from its folder with ``threads`` torch threads."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit a backend runs and retries: its name, its folder, its work and the work's plain-data argument.
+
+    Attributes:
+        name: how outcomes and logs call it.
+        out: the folder it fills (a retry continues from what is there).
+        work: see :data:`Work`.
+        payload: the argument of ``work`` (JSON-like data: it travels to a worker).
+    """
+
+    name: str
+    out: str
+    work: Work
+    payload: dict[str, Any]
 
 
 @contextlib.contextmanager
@@ -36,9 +59,9 @@ def run_task(config_data: dict[str, Any], threads: int) -> dict[str, Any]:
         return describe(execute(config))
 
 
-def run_task_in_worker(config_data: dict[str, Any], threads: int) -> dict[str, Any]:
-    """:func:`run_task` in a worker process, without the loading progress bars (they would flood the driver's log)."""
+def run_task_in_worker(work: Work, payload: dict[str, Any], threads: int) -> dict[str, Any]:
+    """A job's work in a worker process, without the loading progress bars (they would flood the driver's log)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    return run_task(config_data, threads)
+    return work(payload, threads)
