@@ -164,6 +164,7 @@ def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
     from editscope.findings.hypernetwork import train_hypernetwork
     from editscope.findings.plan import EDITORS, budget_of, posttrain_configs
     from editscope.posttrain.config import PosttrainConfig
+    from editscope.posttrain.loop import decay_alone
     from editscope.report import load_runs
     from editscope.runs.loop import select_requests
     from editscope.runs.store import RunStore
@@ -202,6 +203,9 @@ def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
     with pytest.raises(ConfigError, match="more than this budget"):
         train_hypernetwork(str(tiny_folder), load_demo(), edited_requests, steps - 1, out, data_name="demo")
     assert [p["mode"] for p in data["posttrain"]] == ["cpt", "full", "lora"]
+    for part, c in zip(data["posttrain"], posttrain_configs(str(tiny_folder), budget_of("quick"), out), strict=True):
+        assert part["decay_alone"] == [decay_alone(c)[step] for step in part["steps"]], c.mode  # cpt decays: 0.1 by default
+    assert data["posttrain"][0]["decay_alone"][-1] < 0 and "of which weight decay alone" in page
     for number in (1, 2, 3, 4):
         assert f"id='claim-{number}'" in page and html.escape(data["claims"][str(number)]["rule"]) in page
     # verdicts recomputed from the folders equal the page's

@@ -52,6 +52,26 @@ def test_bad_config_is_named():
         load_posttrain_config(overrides={"mode": "rlhf"})
 
 
+def test_decay_alone_is_what_adamw_does_to_a_weight_without_gradient():
+    """With a zero gradient AdamW's Adam step is zero, so the weight's norm follows its decoupled decay alone."""
+    from editscope.posttrain.loop import decay_alone, make_optimizer, make_scheduler
+
+    config = load_posttrain_config(overrides={"mode": "cpt", "steps": 40, "lr": 0.05, "warmup": 0.1})
+    weight = torch.nn.Parameter(torch.full((3, 4), 2.0, dtype=torch.float64))
+    optimizer = make_optimizer({"w": weight}, config)
+    scheduler = make_scheduler(optimizer, config)
+    expected = decay_alone(config)
+    start = float(weight.detach().norm())
+    for step in range(1, config.steps + 1):
+        weight.grad = torch.zeros_like(weight)
+        optimizer.step()
+        scheduler.step()
+        assert float(weight.detach().norm()) / start - 1 == pytest.approx(expected[step], rel=1e-9, abs=1e-15), step
+    assert expected[-1] < -0.05  # lr 0.05, decay 0.1 over 40 steps of warm-up then cosine: a visible shrink
+    assert decay_alone(load_posttrain_config(overrides={"mode": "full", "steps": 5})) == [0.0] * 6  # no decay
+    assert decay_alone(load_posttrain_config(overrides={"mode": "lora", "steps": 5, "weight_decay": 0.1})) is None
+
+
 # -- data --------------------------------------------------------------------------------------
 def test_instruction_records_become_pairs(tmp_path):
     path = tmp_path / "alpaca.jsonl"

@@ -34,6 +34,8 @@ class PosttrainEvidence:
         updated: matrices that moved (‖ΔW‖ > 0 at the last step).
         ended_above: updated matrices whose norm ended above its start.
         by_kind: ``{kind: (ended above, count)}`` with ``kind`` the name without its layer index.
+        decay_alone: per step, the relative norm change weight decay alone makes to each decayed matrix
+            (:func:`editscope.posttrain.loop.decay_alone`; ``None`` where it is not one factor: LoRA).
     """
 
     mode: str
@@ -44,6 +46,7 @@ class PosttrainEvidence:
     updated: int
     ended_above: int
     by_kind: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    decay_alone: tuple[float, ...] | None = None
 
 
 def matrix_kind(param: str) -> str:
@@ -52,8 +55,9 @@ def matrix_kind(param: str) -> str:
     return match.group(1) if match else param
 
 
-def posttrain_evidence(mode: str, records: Sequence[Mapping[str, Any]]) -> PosttrainEvidence:
-    """:class:`PosttrainEvidence` from a post-training run's ``metrics.jsonl`` records (step order)."""
+def posttrain_evidence(mode: str, records: Sequence[Mapping[str, Any]], decay: Sequence[float] | None = None) -> PosttrainEvidence:
+    """:class:`PosttrainEvidence` from a post-training run's ``metrics.jsonl`` records (step order);
+    ``decay``: weight decay's own relative change at every step 0..steps, read at the recorded ones."""
     if len(records) < 2:
         raise ValueError(f"posttrain {mode}: needs at least two recorded steps, got {len(records)}")
     first, last = records[0]["metrics"], records[-1]["metrics"]
@@ -75,6 +79,7 @@ def posttrain_evidence(mode: str, records: Sequence[Mapping[str, Any]]) -> Postt
     return PosttrainEvidence(
         mode, tuple(int(r["step"]) for r in records), tuple(mean_rel), tuple(delta_sq), tuple(cross), len(updated), len(above),
         {k: (v[0], v[1]) for k, v in sorted(kinds.items())},
+        tuple(decay[int(r["step"])] for r in records) if decay is not None else None,
     )  # fmt: skip
 
 

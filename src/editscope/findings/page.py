@@ -50,12 +50,16 @@ def _posttrain_table(evidence: Sequence[PosttrainEvidence]) -> str:
         trend = trend_step(e)
         kinds = ", ".join(f"{k} {a}/{n}" for k, (a, n) in e.by_kind.items())
         rows.append(
-            f"<tr><td>{_e(e.mode)}</td><td>{e.steps[-1]}</td><td>{e.mean_rel_change[-1]:+.3g}</td><td>{e.delta_sq[-1]:.3g}</td>"
+            f"<tr><td>{_e(e.mode)}</td><td>{e.steps[-1]}</td><td>{e.mean_rel_change[-1]:+.3g}</td>"
+            f"<td>{_e(f'{e.decay_alone[-1]:+.3g}' if e.decay_alone is not None else 'n/a (decays the adapter)')}</td><td>{e.delta_sq[-1]:.3g}</td>"
             f"<td>{e.cross[-1]:+.3g}</td><td>{_e(trend if trend is not None else 'not within the run')}</td><td>{_e(kinds)}</td></tr>"
         )
-    header = ("<tr><th>mode</th><th>steps</th><th>mean relative norm change</th><th>Σ‖ΔW‖²</th><th>Σ 2⟨W0,ΔW⟩</th>"
-              "<th>trend from step</th><th>ended above start, per matrix type</th></tr>")  # fmt: skip
-    return f"<table>{header}{''.join(rows)}</table>"
+    header = ("<tr><th>mode</th><th>steps</th><th>mean relative norm change</th><th>of which weight decay alone</th><th>Σ‖ΔW‖²</th>"
+              "<th>Σ 2⟨W0,ΔW⟩</th><th>trend from step</th><th>ended above start, per matrix type</th></tr>")  # fmt: skip
+    note = ("<p>Weight decay alone: the change AdamW's decoupled weight decay makes by itself, Π(1 − η<sub>t</sub>λ) − 1 over "
+            "the scheduled learning rates; the rest of the change is the gradient updates'. Where the two are close, the "
+            "run measured its weight decay more than the claim.</p>")  # fmt: skip
+    return f"<table>{header}{''.join(rows)}</table>{note}"
 
 
 def _minutes(seconds: float | None) -> str:

@@ -144,6 +144,7 @@ def run_findings(config: FindingsConfig) -> Findings:
     from editscope.findings.page import write_findings
     from editscope.findings.parts import mend_payload
     from editscope.findings.screen import measuring_only, screen_tasks, with_screened
+    from editscope.posttrain.loop import decay_alone
     from editscope.report import build_report, load_runs
     from editscope.runs.loop import select_requests
     from editscope.runs.study import prepare_shared
@@ -190,7 +191,7 @@ def run_findings(config: FindingsConfig) -> Findings:
         raise ConfigError(f"findings: editing runs failed: {', '.join(f'{o.name} ({o.error})' for o in failed)}")
     loaded = load_runs([c.out for c in runs])
     build_report([c.out for c in runs], out / "report")
-    posttrain = [posttrain_evidence(mode, rec) for mode, rec in records.items()]
+    posttrain = [posttrain_evidence(c.mode, records[c.mode], decay_alone(c)) for c in trainings]
     edits = [with_screened(edit_evidence(run), screened) for run in loaded]
     parts = [run_folder_record(f"posttrain/{c.mode}", RunStore(c.out).saved_resolved(), records[c.mode]) for c in trainings]
     parts += [mend_record(mend_folder)] if "mend" in editors and mend_folder is not None else []

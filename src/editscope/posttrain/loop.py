@@ -94,6 +94,26 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: PosttrainConfig) ->
     return get_scheduler(config.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=config.steps)
 
 
+def decay_alone(config: PosttrainConfig) -> list[float] | None:
+    """Per step k = 0..steps, the relative norm change AdamW's decoupled weight decay makes by itself to a
+    decayed matrix: Π_{t<k} (1 − η_t λ) − 1, with η_t the scheduled learning rate of step t and λ the weight
+    decay (AdamW scales every decayed weight by 1 − η_t λ before its Adam step; Loshchilov & Hutter 2019,
+    Algorithm 2). The rest of a matrix's norm change is the gradient updates'. ``None`` for LoRA with weight
+    decay: it decays the adapter factors, not the merged matrices whose norms are recorded.
+    """
+    if not config.weight_decay:
+        return [0.0] * (config.steps + 1)
+    if config.mode == "lora":
+        return None
+    lr = float(config.lr)  # type: ignore[arg-type]  # resolved: the mode's default fills None
+    scheduler = make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr), config)
+    changes, factor = [0.0], 1.0
+    for step in range(config.steps):
+        factor *= 1.0 - lr * scheduler.lr_lambdas[0](step) * config.weight_decay
+        changes.append(factor - 1.0)
+    return changes
+
+
 # -- one step ----------------------------------------------------------------------------------
 @dataclass
 class Interval:
