@@ -124,8 +124,19 @@ def test_screening_keeps_the_tasks_above_chance_and_is_saved_with_its_settings(t
     assert " on sst2;" in degrades(evidence).reason  # the left-out task does not count
 
 
-def test_post_training_and_mend_training_run_side_by_side_on_ray(tiny_folder, tmp_path):
-    """On a CPU with Ray the parts the editing runs do not wait on are sweep jobs of one thread each;
+def test_edits_override_only_the_budgets_edit_count():
+    from dataclasses import asdict
+
+    from editscope.findings.plan import budget_of
+
+    longer, standard = budget_of("standard", 100), budget_of("standard")
+    assert longer.edits == 100 and {k: v for k, v in asdict(longer).items() if k != "edits"} == {k: v for k, v in asdict(standard).items() if k != "edits"}
+    with pytest.raises(ConfigError, match="--edits: at least 1"):
+        budget_of("standard", 0)
+
+
+def test_post_training_and_mend_training_go_to_the_ray_cluster(tiny_folder, tmp_path):
+    """Joining a Ray cluster, the parts the editing runs do not wait on are sweep jobs of one thread each;
     a second call finds them done and sends no post-training job again."""
     ray = pytest.importorskip("ray")
     import logging
@@ -145,7 +156,9 @@ def test_post_training_and_mend_training_run_side_by_side_on_ray(tiny_folder, tm
     assert [j.name for j in preparation_jobs(trainings, mend)] == ["mend training", "posttrain cpt", "posttrain full", "posttrain lora"]
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     try:
-        prepare(FindingsConfig(model=str(tiny_folder), budget="quick", out=str(out), backend="ray", device="cpu"), trainings, mend)
+        address = ray.get_runtime_context().gcs_address
+        prepare(FindingsConfig(model=str(tiny_folder), budget="quick", out=str(out), backend="ray", ray_address=address, device="cpu"),
+                trainings, mend)  # fmt: skip
     finally:
         ray.shutdown()
     for c in trainings:

@@ -16,7 +16,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
 
     editors = tuple(e.strip() for e in args.editors.split(",") if e.strip()) if args.editors else EDITORS
     config = FindingsConfig(
-        model=args.model, budget=args.budget, out=str(args.out), editors=editors, data=args.data, mend_checkpoint=args.mend_checkpoint,
+        model=args.model, budget=args.budget, edits=args.edits, out=str(args.out), editors=editors, data=args.data, mend_checkpoint=args.mend_checkpoint,
         downstream_dir=str(args.downstream_dir) if args.downstream_dir else None, screen_tasks=not args.all_tasks, backend=args.backend,
         ray_address=args.ray_address, threads=args.threads, device=args.device,
     )  # fmt: skip
@@ -35,7 +35,9 @@ def add_findings_parser(sub: Any) -> None:
     findings = sub.add_parser("findings", help="each claim of the research measured on a model, with a verdict (findings.html)")
     findings.add_argument("--model", default="smollm2-135m")
     findings.add_argument("--budget", default="standard", choices=list(BUDGETS),
-                          help="quick: a smoke check in minutes; standard: 100 edits, 150 post-training steps (85 min measured on a 2-core CPU in the AVX2 path, fp32, 2 threads, 404 forward tok/s, MEND's training included); full: the papers' scale, for a GPU")  # fmt: skip
+                          help="quick: a smoke check in minutes; standard: about an hour on a 2-core CPU (50 edits per editor, 150 post-training steps, MEND trained 200 steps; docs/findings.md has the measured time); full: the papers' scale, for a GPU")  # fmt: skip
+    findings.add_argument("--edits", type=int, default=None, metavar="N",
+                          help="sequential edits per editor instead of the budget's (more edits show slower decay, such as ROME's at 100 on SmolLM2-135M, in proportionally more time)")  # fmt: skip
     findings.add_argument("--out", type=Path, required=True, help="findings folder (run folders, report, findings.html); reused on a rerun")
     findings.add_argument("--editors", default=None, help=f"editor families (default {','.join(EDITORS)})")
     findings.add_argument("--data", default="demo", help="edit set: a CounterFact/zsRE/JSONL file, or 'demo' (the runs edit its first requests, MEND trains on the rest)")

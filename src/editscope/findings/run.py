@@ -1,8 +1,8 @@
 """``run_findings``: run (or reuse) everything the claims need, then judge each claim and write the page.
 
-The post-training runs and MEND's training come first: on a CPU with Ray they are sweep jobs on the
-editing runs' workers, one thread each, side by side (:mod:`editscope.findings.parts`); on a GPU, or
-without Ray, they go one after another in this process. Each resumes from its folder. The editors'
+The post-training runs and MEND's training come first: joining a Ray cluster they are sweep jobs on its
+workers (:mod:`editscope.findings.parts`); on this machine they go one after another in this process with
+all its threads. Each resumes from its folder. The editors'
 statistics and the unedited model's downstream predictions are then computed once with all threads
 (:func:`editscope.runs.study.prepare_shared`, skipped when joining a cluster), and the editing runs go
 through the sweep machinery (:func:`editscope.sweep.runner.run_planned`), so they can run on a Ray
@@ -37,6 +37,7 @@ class FindingsConfig:
     Attributes:
         model: the model every run uses.
         budget: ``quick``, ``standard`` or ``full`` (:data:`editscope.findings.plan.BUDGETS`).
+        edits: sequential edits per editor instead of the budget's (``None``: the budget's).
         out: the findings folder (``posttrain/<mode>``, ``edits/<editor>``, ``report/``, ``findings.html``).
         editors: editor families run sequentially.
         data: the edit set (a file, or ``demo`` for the bundled one); the runs edit its first
@@ -48,15 +49,15 @@ class FindingsConfig:
         downstream_dir: few-shot task files (claim 4 needs them).
         screen_tasks: measure after editing only the downstream tasks claim 4 reads (above chance on the
             unedited model; :mod:`editscope.findings.screen`); ``False`` measures every task.
-        backend: where the editing runs (and, on a CPU, the post-training runs and MEND's training) go
-            (``auto``: Ray where installed, else in process).
-        ray_address: a Ray cluster to join.
+        backend: where the editing runs go (``auto``: Ray where installed, else in process).
+        ray_address: a Ray cluster to join (the post-training runs and MEND's training go there too).
         threads: torch threads per job on Ray.
         device: device of the post-training runs.
     """
 
     model: str = "smollm2-135m"
     budget: str = "standard"
+    edits: int | None = None
     out: str = "runs/findings"
     editors: tuple[str, ...] = EDITORS
     data: str = "demo"
@@ -118,14 +119,15 @@ def judge(posttrain: list[PosttrainEvidence], edits: list[EditEvidence], rules: 
 
 def prepare(config: FindingsConfig, trainings: list[PosttrainConfig], mend: dict[str, Any] | None) -> None:
     """Run the post-training runs and MEND's training (``mend``: :func:`~editscope.findings.parts.mend_payload`,
-    ``None`` when not needed): sweep jobs side by side on a CPU with Ray, else one after another here."""
+    ``None`` when not needed): sweep jobs on a Ray cluster that ``config`` joins (on a CPU), else one after
+    another here with all threads (faster on one small machine: :mod:`editscope.findings.parts`)."""
     from editscope.findings.parts import mend_work, preparation_jobs
     from editscope.models.loading import resolve_device
     from editscope.sweep.config import Resources, SweepConfig
     from editscope.sweep.runner import choose_backend, run_jobs
 
     on_cpu = resolve_device(config.device).type == "cpu"
-    if on_cpu and choose_backend(config.backend, config.ray_address) == "ray":  # type: ignore[arg-type]
+    if on_cpu and config.ray_address is not None and choose_backend(config.backend, config.ray_address) == "ray":  # type: ignore[arg-type]
         jobs = preparation_jobs(trainings, mend)
         sweep = SweepConfig(root=config.out, resources=Resources(num_cpus=config.threads), max_retries=1)
         report = run_jobs(jobs, sweep, backend="ray", ray_address=config.ray_address)
@@ -152,7 +154,7 @@ def run_findings(config: FindingsConfig) -> Findings:
     from editscope.sweep.runner import run_planned
 
     out = Path(config.out)
-    budget = budget_of(config.budget)
+    budget = budget_of(config.budget, config.edits)
     editors, not_run = planned_editors(config)
     settings = {editor: dict(values) for editor, values in config.editor_settings.items()}
     if config.mend_checkpoint:
