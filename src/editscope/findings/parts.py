@@ -11,6 +11,7 @@ job continues from its folder, so a retried or repeated call loses nothing and r
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,29 @@ from editscope.posttrain.config import PosttrainConfig
 from editscope.runs.store import RunStore
 from editscope.sweep.task import Job, torch_threads
 
+logger = logging.getLogger(__name__)
+
+
+def posttrain_store(config: PosttrainConfig) -> RunStore:
+    return RunStore(config.out, PosttrainConfig, position="step")
+
 
 def posttrain_done(config: PosttrainConfig) -> bool:
-    return RunStore(config.out, PosttrainConfig, position="step").is_complete(config, config.steps)
+    return posttrain_store(config).is_complete(config, config.steps)
+
+
+def run_posttrain_resumable(config: PosttrainConfig) -> None:
+    """Leave a complete run as it is, continue a begun one from its ``state/``, else run it."""
+    from editscope.posttrain.loop import run_posttrain
+
+    if posttrain_done(config):
+        logger.info("%s: already complete", config.out)
+        return
+    run_posttrain(config, resume=posttrain_store(config).saved_config() is not None)
 
 
 def posttrain_work(payload: dict[str, Any], threads: int) -> dict[str, Any]:
     """Run (or continue) one post-training run; :data:`editscope.sweep.task.Work`."""
-    from editscope.findings.run import run_posttrain_resumable
-
     config = from_dict(PosttrainConfig, payload, where="posttrain")
     with torch_threads(threads):
         run_posttrain_resumable(config)

@@ -11,7 +11,6 @@ cluster, and finished folders are skipped. Nothing is judged until every run is 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,6 @@ from editscope.findings.provenance import PartRecord, mend_record, run_folder_re
 from editscope.findings.rules import Rules, Verdict, claim1, claim2, claim3, claim4, degrades
 from editscope.posttrain.config import PosttrainConfig
 from editscope.runs.config import RunConfig
-from editscope.runs.store import RunStore
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,18 +91,6 @@ def planned_editors(config: FindingsConfig) -> tuple[tuple[str, ...], dict[str, 
     return tuple(e for e in EDITORS if e in config.editors), {e: "not asked for (--editors)" for e in EDITORS if e not in config.editors}
 
 
-def run_posttrain_resumable(config: PosttrainConfig) -> list[dict[str, Any]]:
-    """The run's records: read back when complete, continued from ``state/`` when begun, else run."""
-    from editscope.posttrain.loop import run_posttrain
-
-    store = RunStore(config.out, PosttrainConfig, position="step")
-    if store.is_complete(config, config.steps):
-        logger.info("%s: already complete", config.out)
-        return store.read_metrics()
-    begun = store.saved_config() is not None
-    return run_posttrain(config, resume=begun)
-
-
 def judge(posttrain: list[PosttrainEvidence], edits: list[EditEvidence], rules: Rules = Rules()) -> list[Verdict]:
     """Every verdict, claim by claim (claim 4: each editor's part, then the study's)."""
     verdicts = [claim1(e, rules) for e in posttrain]
@@ -121,7 +105,7 @@ def prepare(config: FindingsConfig, trainings: list[PosttrainConfig], mend: dict
     """Run the post-training runs and MEND's training (``mend``: :func:`~editscope.findings.parts.mend_payload`,
     ``None`` when not needed): sweep jobs on a Ray cluster that ``config`` joins (on a CPU), else one after
     another here with all threads (faster on one small machine: :mod:`editscope.findings.parts`)."""
-    from editscope.findings.parts import mend_work, preparation_jobs
+    from editscope.findings.parts import mend_work, preparation_jobs, run_posttrain_resumable
     from editscope.models.loading import resolve_device
     from editscope.sweep.config import Resources, SweepConfig
     from editscope.sweep.runner import choose_backend, run_jobs
@@ -144,7 +128,7 @@ def run_findings(config: FindingsConfig) -> Findings:
     """Run what is missing, judge, and write ``findings.html``, ``findings.json`` and the edit runs' report."""
     from editscope.findings.hypernetwork import FOLDER
     from editscope.findings.page import write_findings
-    from editscope.findings.parts import mend_payload
+    from editscope.findings.parts import mend_payload, posttrain_store
     from editscope.findings.screen import measuring_only, screen_tasks, with_screened
     from editscope.posttrain.loop import decay_alone
     from editscope.report import build_report, load_runs
@@ -168,12 +152,12 @@ def run_findings(config: FindingsConfig) -> Findings:
     runs = plan(editors)  # every setting is checked before anything runs (MEND's checkpoint: after its training, below)
     edited = select_requests(runs[0]) if runs else []  # an edit set smaller than the budget fails here
     for c in trainings:  # every folder is checked before anything runs
-        store = RunStore(c.out, PosttrainConfig, position="step")
+        store = posttrain_store(c)
         store.check_claim(c, resume=store.saved_config() is not None, overwrite=False)
     train_mend = "mend" in editors and not config.mend_checkpoint
     prepare(config, trainings, mend_payload(config.model, config.data, [r.id for r in edited], budget.mend_steps, out, config.device)
             if train_mend else None)  # fmt: skip
-    records = {c.mode: RunStore(c.out, PosttrainConfig, position="step").read_metrics() for c in trainings}
+    records = {c.mode: posttrain_store(c).read_metrics() for c in trainings}
     mend_folder = Path(config.mend_checkpoint) if config.mend_checkpoint else out / FOLDER if train_mend else None
     if train_mend:
         settings["mend"] = {**settings.get("mend", {}), "checkpoint": str(mend_folder)}
@@ -195,7 +179,7 @@ def run_findings(config: FindingsConfig) -> Findings:
     build_report([c.out for c in runs], out / "report")
     posttrain = [posttrain_evidence(c.mode, records[c.mode], decay_alone(c)) for c in trainings]
     edits = [with_screened(edit_evidence(run), screened) for run in loaded]
-    parts = [run_folder_record(f"posttrain/{c.mode}", RunStore(c.out).saved_resolved(), records[c.mode]) for c in trainings]
+    parts = [run_folder_record(f"posttrain/{c.mode}", posttrain_store(c).saved_resolved(), records[c.mode]) for c in trainings]
     parts += [mend_record(mend_folder)] if "mend" in editors and mend_folder is not None else []
     parts += [run_folder_record(f"edits/{c.editor}", run.config.get("resolved") or {}, run.records) for c, run in zip(runs, loaded, strict=True)]
     findings = Findings(config, tuple(posttrain), tuple(edits), tuple(judge(posttrain, edits)), not_run, screened=screened, parts=tuple(parts))
