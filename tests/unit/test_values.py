@@ -254,3 +254,15 @@ def test_keys_average_the_bare_prompt_against_the_prefixed_group(one_thread):
     assert relative_difference(grouped, flat) > 1e-3
     uniform = compute_keys(model, tok, spec, [1], REQUESTS, PREFIX_TEMPLATES, average="uniform")[1]
     torch.testing.assert_close(uniform, flat, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_splits_into_the_fewest_groups_of_near_equal_size():
+    """100 requests run as ten groups of 10 (as costly per request as a batch of 10), not 16s and a 4."""
+    from editscope.linalg.values import balanced_groups
+
+    assert [len(g) for g in balanced_groups(100, 10)] == [10] * 10
+    assert [len(g) for g in balanced_groups(100, 16)] == [14, 15, 14, 14, 14, 15, 14]
+    assert [len(g) for g in balanced_groups(17, 10)] == [8, 9]
+    assert balanced_groups(7, 10) == [range(0, 7)]
+    groups = balanced_groups(33, 10)
+    assert groups[0].start == 0 and groups[-1].stop == 33 and all(a.stop == b.start for a, b in zip(groups, groups[1:]))

@@ -36,13 +36,18 @@ def _study(args: argparse.Namespace):
     from editscope.config import ConfigError
     from editscope.runs.study import StudyConfig, study_preset
 
-    common = {"model": args.model, "batch_size": args.batch_size, "seed": args.seed, "out": str(args.out), "quick": args.quick,
+    common = {"model": args.model, "seed": args.seed, "out": str(args.out), "quick": args.quick,
               "downstream_dir": str(args.downstream_dir) if args.downstream_dir else None}  # fmt: skip
     if args.study is None:
         edits = args.edits or (20 if args.quick else StudyConfig.edits)
         editors = _names(args.editors) or StudyConfig.editors
-        return StudyConfig(editors=editors, known_only=not args.all_facts, edits=edits, every=args.every or edits, **common)
+        return StudyConfig(editors=editors, known_only=not args.all_facts, edits=edits, every=args.every or edits,
+                           data=args.data or StudyConfig.data, batch_size=args.batch_size or StudyConfig.batch_size, **common)
     preset = study_preset(args.study)
+    data = args.data or preset.data
+    if data is None:
+        raise ConfigError(f"--study {args.study}: needs an edit set of at least {max(a.edits or preset.edits for a in preset.arms)} "
+                          "requests: pass --data FILE (CounterFact, zsRE, MQuAKE or JSONL; e.g. EasyEdit's counterfact-edit.json)")
     arms = preset.arms
     if args.editors is not None:  # a subset of the study's runs, by name
         wanted = _names(args.editors)
@@ -53,7 +58,10 @@ def _study(args: argparse.Namespace):
     print(f"study {args.study}: {preset.description}", flush=True)
     edits = args.edits or (20 if args.quick else preset.edits)
     every = args.every or min(preset.every, edits)
-    return StudyConfig(arms=arms, known_only=preset.known_only and not args.all_facts, edits=edits, every=every, **common)
+    points = () if args.every else tuple(p for p in preset.points if p < edits)
+    return StudyConfig(arms=arms, known_only=preset.known_only and not args.all_facts, edits=edits, every=every, points=points,
+                       data=data, batch_size=args.batch_size or preset.batch_size,
+                       downstream_examples=preset.downstream_examples, **common)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -157,10 +165,13 @@ def add_study_commands(sub: Any) -> None:
     demo = sub.add_parser("demo", help="the study that shows the phenomenon: MEMIT against ENCORE, sequential edits, summary table")
     demo.add_argument("--editors", default=None, help="comma-separated editors compared (default memit,encore); with --study, which of its runs")
     demo.add_argument("--study", default=None, metavar="NAME",
-                      help="a study shipped with editscope: 'stability' (MEMIT, ENCORE, AlphaEdit, PRUNE, RECT, norm-anchored MEMIT; 300 edits)")
+                      help="a study shipped with editscope: 'stability' (MEMIT, ENCORE, AlphaEdit, PRUNE, RECT, norm-anchored MEMIT; 300 edits); "
+                           "'scale' (the same six, 2,000 / 1,000 CounterFact edits in batches of 100; needs --data)")
     demo.add_argument("--model", default="smollm2-135m")
     demo.add_argument("--edits", type=int, default=None, help="edits per run (default 50; --quick 20)")
-    demo.add_argument("--batch-size", type=int, default=10)
+    demo.add_argument("--batch-size", type=int, default=None, help="requests per editor call (default 10; the scale study's 100)")
+    demo.add_argument("--data", default=None, metavar="FILE",
+                      help="edit set (default: the bundled demo facts; --study scale needs one of 2,000 requests, e.g. CounterFact)")
     demo.add_argument("--every", type=int, default=None, help="checkpoint interval (default: only the first and last)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run folders")

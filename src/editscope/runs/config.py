@@ -20,7 +20,7 @@ from editscope.config import ConfigError, deep_merge, from_dict, load_yaml, to_d
 PLACEMENT_FIELDS = ("out", "device_map")
 # Fields added after run folders existed: left out of the digest while empty (their default), so
 # those folders still resume.
-LATER_FIELDS = ("ends_only",)
+LATER_FIELDS = ("ends_only", "points")
 DEFAULT_INSTRUMENTS = ("weights", "activations", "subspace", "edit_quality", "perplexity")
 
 
@@ -41,6 +41,8 @@ class RunConfig:
         shuffle: shuffle the dataset; ``False`` keeps file order.
         every: a checkpoint (measure + save) every this many edits, rounded up to whole batches.
         log_points: if > 0, that many log-spaced checkpoints instead of ``every``.
+        points: checkpoints at these edit counts instead of ``every`` and ``log_points`` (rounded up
+            to batch ends; the first and last edit count are always measured).
         instruments: instrument names measured at each checkpoint.
         instrument_config: per-instrument settings, ``{name: {field: value}}``.
         ends_only: instruments measured only on the unedited model and at the last checkpoint (the
@@ -64,6 +66,7 @@ class RunConfig:
     shuffle: bool = True
     every: int = 50
     log_points: int = 0
+    points: tuple[int, ...] = ()
     instruments: tuple[str, ...] = DEFAULT_INSTRUMENTS
     instrument_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     ends_only: tuple[str, ...] = ()
@@ -78,6 +81,8 @@ class RunConfig:
         for name in ("edits", "batch_size", "every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name}: must be >= 1, got {getattr(self, name)}")
+        if any(p < 1 for p in self.points) or list(self.points) != sorted(set(self.points)):
+            raise ConfigError(f"run.points: positive edit counts in ascending order, got {list(self.points)}")
         if self.log_points < 0:
             raise ConfigError(f"run.log_points: must be >= 0, got {self.log_points}")
         if not isinstance(self.editor_config, Mapping):

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
+import resource
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,6 +100,17 @@ def corpora_used(settings: Mapping[str, Any], where: str = "") -> dict[str, dict
     return found
 
 
+def memory_mb() -> dict[str, float]:
+    """This process's resident memory now and its peak so far, in MiB (``mem/rss_mb``, ``mem/peak_rss_mb``);
+    the current figure only where ``/proc`` tells it."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"mem/peak_rss_mb": peak / (2**20 if sys.platform == "darwin" else 2**10)}
+    statm = Path("/proc/self/statm")
+    if statm.is_file():
+        out["mem/rss_mb"] = int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return out
+
+
 def weights_digest(model: PreTrainedModel, names: Sequence[str]) -> str:
     """sha256 over the raw bytes of the named parameters (bit-identity checks)."""
     digest = hashlib.sha256()
@@ -119,8 +133,9 @@ class SequentialRun:
         self.cumulative: dict[str, torch.Tensor] = {}
         self.edits = 0
         self.wall_s = 0.0
+        self.batch_s: list[float] = []  # seconds of each batch since the last checkpoint (edit, accumulate, commit)
         self.unedited: dict[str, dict[str, float]] = {}  # step-0 measurements given by baselines
-        self.points = checkpoints(config.edits, config.batch_size, every=config.every, log_points=config.log_points)
+        self.points = checkpoints(config.edits, config.batch_size, every=config.every, log_points=config.log_points, at=config.points)
         self.precision_auto = resolve(AUTO, input_device(model)) or "float32"  # what every "auto" setting runs in
 
     # -- weights -------------------------------------------------------------------------
@@ -160,9 +175,14 @@ class SequentialRun:
         start = time.perf_counter()
         metrics = self.measure()
         metrics["time/edit_s"] = edit_s
+        metrics.update(memory_mb())
         self.wall_s += time.perf_counter() - start
         metrics["time/checkpoint_s"] = time.perf_counter() - start
-        self.store.append_metrics({"edits": self.edits, "wall_s": round(self.wall_s, 3), "metrics": metrics})
+        record = {"edits": self.edits, "wall_s": round(self.wall_s, 3), "metrics": metrics}
+        if self.batch_s:
+            record["batch_s"] = [round(s, 3) for s in self.batch_s]
+        self.store.append_metrics(record)
+        self.batch_s = []
         self.store.save_state(
             {
                 "edits": self.edits, "wall_s": self.wall_s, "fingerprint": self.fingerprint,
@@ -240,6 +260,7 @@ class SequentialRun:
                 instrument.observe(batch)
             self.edits = end
             elapsed = time.perf_counter() - start
+            self.batch_s.append(elapsed)
             edit_s += elapsed
             self.wall_s += elapsed
             if end in self.points:

@@ -14,16 +14,20 @@ def _round_up(target: float, ends: list[int]) -> int:
     return next(e for e in ends if e >= target - 1e-9)
 
 
-def checkpoints(total: int, batch_size: int, *, every: int, log_points: int = 0) -> list[int]:
+def checkpoints(total: int, batch_size: int, *, every: int, log_points: int = 0, at: tuple[int, ...] = ()) -> list[int]:
     """Sorted edit counts to measure at: always 0 and ``total``, in between at batch boundaries.
 
     ``every``: one checkpoint each ``every`` edits (rounded up to the next batch end).
     ``log_points`` > 0: that many points spaced evenly in log(edits) between the first batch and
     ``total`` instead, for studies where early edits change the model fastest.
+    ``at``: these edit counts instead (each rounded up to a batch end; those past ``total`` dropped),
+    so that runs of different lengths share their checkpoints (the scale study's 100, 200, 500, ...).
     """
     ends = batch_ends(total, batch_size)
     points = {0, total}
-    if log_points > 0:
+    if at:
+        points.update(_round_up(k, ends) for k in at if k <= total)
+    elif log_points > 0:
         lo, hi = math.log(ends[0]), math.log(total)
         for i in range(log_points):
             frac = i / max(log_points - 1, 1)

@@ -33,11 +33,14 @@ class StudyArm:
         name: the run folder's name (and its label in tables and figures).
         editor: registered editor name.
         editor_config: settings over the editor's defaults (e.g. ``{prune: true}`` for PRUNE on MEMIT).
+        edits: this run's edits where it differs from the study's (the scale study runs its costlier
+            arms half as long); ``None``: the study's.
     """
 
     name: str
     editor: str
     editor_config: Mapping[str, Any] = field(default_factory=dict)
+    edits: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,12 @@ class StudyPreset:
         edits: edits per run (default of ``--edits``).
         every: checkpoint interval (default of ``--every``).
         known_only: edit only facts the model knows (``False``: every fact; needed beyond 154 demo edits).
+        data: the edit set it needs (``demo``: the bundled one; ``None``: the user names one with
+            ``--data``, e.g. a CounterFact file, and the study refuses to start without it).
+        batch_size: requests per editor call (default of ``--batch-size``).
+        points: checkpoint edit counts shared by every arm (``RunConfig.points``); empty: ``every``.
+        downstream_examples: examples per downstream task where downstream is measured (50 in
+            ``make demo``'s 15 minutes; 100 resolves a 5-point change for a study of hours).
     """
 
     description: str
@@ -57,6 +66,10 @@ class StudyPreset:
     edits: int
     every: int
     known_only: bool = True
+    data: str | None = "demo"
+    batch_size: int = 10
+    points: tuple[int, ...] = ()
+    downstream_examples: int = 50
 
 
 def study_presets() -> dict[str, StudyPreset]:
@@ -84,9 +97,10 @@ class StudyConfig:
         known_only: edit only facts the model knows (the true object ranked first: the data's
             ``known/<model>`` annotation), as CounterFact's records are facts the edited models know;
             ``False`` edits every fact, including ones the model never learned.
-        edits: edits per run.
+        edits: edits per run (an arm with edits of its own runs ``min(arm.edits, edits)``).
         batch_size: requests per editor call.
         every: checkpoint interval (edits).
+        points: checkpoint edit counts instead of ``every`` (``RunConfig.points``).
         seed: ordering seed shared by the runs (the same facts in the same order).
         out: folder holding one run folder per editor.
         downstream_dir: task files for the few-shot downstream instrument; ``None`` leaves it out.
@@ -108,6 +122,7 @@ class StudyConfig:
     edits: int = 50
     batch_size: int = 10
     every: int = 50
+    points: tuple[int, ...] = ()
     seed: int = 0
     out: str = "runs/demo"
     downstream_dir: str | None = None
@@ -135,7 +150,8 @@ def study_runs(study: StudyConfig) -> list[RunConfig]:
     return [
         load_run_config(None, {
             "model": study.model, "editor": arm.editor, "editor_config": dict(arm.editor_config), "data": study.data,
-            "known_only": study.known_only, "edits": study.edits, "batch_size": study.batch_size, "every": study.every,
+            "known_only": study.known_only, "edits": min(arm.edits or study.edits, study.edits), "batch_size": study.batch_size,
+            "every": study.every, "points": list(study.points),
             "seed": study.seed, "instruments": instruments, "instrument_config": settings, "out": str(Path(study.out) / arm.name),
         })
         for arm in arms
