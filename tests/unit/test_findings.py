@@ -25,6 +25,24 @@ def _edit(edited=(100.0, 101.0, 102.0), drift=0.0, resid=(0.0, -1.0, -2.0), angl
     return EditEvidence(editor, editor, (0, 10, 20), tuple(edited), drift, tuple(resid), tuple(angle), efficacy, 5.0, tuple(tasks))
 
 
+def test_claim3_is_judged_layer_by_layer_where_the_mean_over_layers_says_otherwise():
+    """The issue's case: one layer's rise lifts the mean over layers above zero while most layers, the last among
+    them, fell: by layer the claim holds, by the mean it would not."""
+    from dataclasses import replace
+
+    layers = {4: (0.0, 1.0, 5.0), 5: (0.0, -1.0, -0.5), 6: (0.0, -2.0, -6.0)}
+    mean = tuple(sum(s[i] for s in layers.values()) / 3 for i in range(3))  # (0, -0.67, -0.5): ends below 0
+    mean_up = (0.0, 0.2, 1.4)
+    verdict = claim3(replace(_edit(resid=mean_up), resid_by_layer=layers))
+    assert verdict.verdict == HOLDS, verdict.reason
+    assert "fell at 2/3 layers" in verdict.reason and "last layer (6) -6%" in verdict.reason and "mean over layers +1.4%" in verdict.reason
+    assert claim3(_edit(resid=mean_up)).verdict == FAILS  # the mean alone (a run recorded without layers)
+    rising = {4: (0.0, 1.0, 5.0), 5: (0.0, 1.0, 0.5), 6: (0.0, -2.0, -6.0)}
+    assert claim3(replace(_edit(resid=mean), resid_by_layer=rising)).verdict == FAILS  # ended above at 2 of 3 layers
+    split = {4: (0.0, 1.0, 0.0), 5: (0.0, -1.0, 0.5), 6: (0.0, -2.0, -6.0), 7: (0.0, -1.0, -1.0)}  # fell at 2 of 4, rose at 1
+    assert claim3(replace(_edit(resid=mean), resid_by_layer=split)).verdict == UNSURE
+
+
 def test_rising_share_and_trend_by_hand():
     assert rose_share([1, 2, 3, 2, 5]) == 0.75 and math.isnan(rose_share([1]))
     assert trend_step(_post([0, -1e-6, 2e-6, 3e-6, 3e-6])) == 20
@@ -267,6 +285,44 @@ def test_findings_quick_on_a_tiny_model(tiny_folder, tmp_path):
     # every post-training folder is complete: a rerun reads it back instead of training again
     for c in posttrain_configs(str(tiny_folder), budget_of("quick"), out, "cpu"):
         assert RunStore(c.out, PosttrainConfig, position="step").is_complete(c, c.steps)
+
+
+def test_scale_budget_judges_claims_2_to_4_beside_an_earlier_budgets_verdicts(tiny_folder, tmp_path):
+    """``scale`` runs no post-training (claim 1 is listed as not run), checkpoints at its points, judges claim 3 per
+    layer (a table of every layer read), and sets each verdict beside the ``--against`` folder's on the same subject."""
+    from editscope.findings import FindingsConfig, run_findings
+    from editscope.findings.plan import budget_of
+
+    scale = budget_of("scale")
+    assert not scale.posttrain and scale.batch_size == 100 and scale.edits >= 1000 and "rome" not in scale.editors
+    earlier = tmp_path / "standard"
+    earlier.mkdir()
+    verdicts = [{"claim": 2, "subject": "memit", "verdict": HOLDS, "reason": "by hand"},
+                {"claim": 3, "subject": "memit", "verdict": "made-up verdict", "reason": "by hand"}]  # fmt: skip
+    (earlier / "findings.json").write_text(json.dumps({"budget": "standard", "edits": [{"name": "memit", "edits": [0, 50]}], "verdicts": verdicts}))
+    locate = {"layers": [1, 2], "stats_samples": 200, "stats_seq_len": 32, "context_lengths": [], "z": {"steps": 10}}
+    instruments = {"activations": {"n_texts": 4, "seq_len": 32}, "subspace": {"n_texts": 4, "seq_len": 32, "k": 4},
+                   "perplexity": {"n_windows": 2, "seq_len": 32}, "edit_quality": {"generation_prompts": 0}}  # fmt: skip
+    out = tmp_path / "scale"
+    with pytest.raises(ConfigError, match="no findings.json"):
+        run_findings(FindingsConfig(model=str(tiny_folder), budget="scale", edits=12, out=str(out), editors=("memit",),
+                                    against=str(tmp_path / "nowhere"), backend="inprocess", device="cpu"))  # fmt: skip
+    assert not out.exists()
+    findings = run_findings(FindingsConfig(model=str(tiny_folder), budget="scale", edits=12, out=str(out), editors=("memit",),
+                                           editor_settings={"memit": locate}, instrument_settings=instruments,
+                                           against=str(earlier), backend="inprocess", device="cpu"))  # fmt: skip
+    data = json.loads((out / "findings.json").read_text())
+    page = (out / "findings.html").read_text()
+    assert not (out / "posttrain").exists() and "post-training (claim 1)" in findings.not_run
+    assert not [v for v in findings.verdicts if v.claim == 1]
+    memit = next(e for e in findings.edits if e.editor == "memit")
+    assert memit.edits == (0, 12) and sorted(memit.resid_by_layer) == list(range(1, 4))  # every layer from the first edited
+    assert "Residual-stream norm change" in page and "<th>3</th>" in page
+    rows = {(r["claim"], r["subject"]): r for r in data["against"]["verdicts"]}
+    here2 = next(v for v in findings.verdicts if v.claim == 2 and v.subject == "memit")
+    assert rows[(2, "memit")]["changed"] == (here2.verdict != HOLDS) and rows[(2, "memit")]["edits_before"] == 50
+    assert rows[(3, "memit")]["changed"] and rows[(3, "memit")]["verdict_before"] == "made-up verdict"
+    assert rows[(2, "memit")]["edits_here"] == 12 and "made-up verdict" in page and "verdict there" in page
 
 
 def test_an_edit_set_smaller_than_the_budget_fails_before_anything_runs(tiny_folder, tmp_path):

@@ -152,12 +152,36 @@ def test_every_figure_has_labelled_axes_and_a_legend(full_run, runs):
             figure = spec.draw(loaded, style)
             assert figure is not None, spec.name
             for ax in figure.axes:
-                assert ax.get_xlabel() in ("edits", "layer", "edits applied since the edit"), (spec.name, ax.get_title())
+                assert ax.get_xlabel() in ("edits", "edits (log scale)", "layer", "edits applied since the edit"), (spec.name, ax.get_title())
                 assert ax.get_ylabel() and ax.get_title(), spec.name
                 assert ax.has_data()
             legend = [t.get_text() for t in figure.legends[0].get_texts()]
             measured = ["memit"] if spec.name == "downstream" else ["memit", "encore"]  # only runs with the metrics
             assert legend[: len(measured)] == measured and "encore" not in legend[len(measured) :], spec.name
+
+
+def test_log_spaced_checkpoints_get_a_log_edit_axis_and_even_ones_a_linear_axis(full_run, runs, tmp_path):
+    """A scale study's checkpoints (0, 100, 200, 500, 1,000, ...) are drawn on a log axis ticked at the checkpoints,
+    step 0 included; evenly spaced ones stay linear."""
+    from editscope.report.style import log_spaced
+
+    assert log_spaced([0, 100, 200, 500, 1000, 2000]) and not log_spaced([0, 100, 200, 300, 400])
+    assert not log_spaced([0, 10, 20]) and not log_spaced([100, 200, 500])  # too few / under a decade
+    records = _records(full_run)
+    counts = [0, 100, 200, 500, 1000, 2000]
+    relabelled = [{**records[min(i, len(records) - 1)], "edits": n} for i, n in enumerate(counts)]
+    scaled = _copy_run(full_run, tmp_path / "scale" / "memit", relabelled)
+    style = FigureStyle()
+    with style_context(style):
+        for name, folder, scale in (("log", scaled, "symlog"), ("linear", runs["a/memit"], "linear")):
+            figure = next(spec for spec in FIGURES if spec.name == "weight_norms").draw(load_runs([folder]), style)
+            over_edits = [ax for ax in figure.axes if ax.get_xlabel().startswith("edits")]
+            assert over_edits, name
+            for ax in over_edits:
+                assert ax.get_xscale() == scale, name
+                if scale == "symlog":
+                    assert ax.get_xlabel() == "edits (log scale)"
+                    assert list(ax.get_xticks()) == [float(n) for n in counts]
 
 
 def test_units_in_axis_labels(runs):

@@ -12,10 +12,10 @@ from editscope.cli.output import emit_json, format_table
 def cmd_findings(args: argparse.Namespace) -> int:
     from editscope.findings import FindingsConfig, run_findings
     from editscope.findings.page import PAGE, findings_json
-    from editscope.findings.plan import EDITORS
+    from editscope.findings.plan import budget_of
 
-    editors = tuple(e.strip() for e in args.editors.split(",") if e.strip()) if args.editors else EDITORS
-    config = FindingsConfig(
+    editors = tuple(e.strip() for e in args.editors.split(",") if e.strip()) if args.editors else budget_of(args.budget).editors
+    config = FindingsConfig(against=str(args.against) if args.against else None,
         model=args.model, budget=args.budget, edits=args.edits, out=str(args.out), editors=editors, data=args.data, mend_checkpoint=args.mend_checkpoint,
         downstream_dir=str(args.downstream_dir) if args.downstream_dir else None, screen_tasks=not args.all_tasks, backend=args.backend,
         ray_address=args.ray_address, threads=args.threads, device=args.device,
@@ -50,5 +50,7 @@ def add_findings_parser(sub: Any) -> None:
     findings.add_argument("--ray-address", default=None)
     findings.add_argument("--threads", type=int, default=1, help="torch threads per editing run")
     findings.add_argument("--device", default="auto", help="device of the post-training runs")
+    findings.add_argument("--against", type=Path, default=None, metavar="FOLDER",
+                          help="an earlier findings folder (e.g. --budget standard's): the page sets each verdict beside its verdict there")
     findings.add_argument("--json", action="store_true", help="print findings.json instead of the table")
     findings.set_defaults(func=cmd_findings)

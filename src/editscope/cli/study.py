@@ -105,7 +105,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     missing = [str(f) for f in args.runs if not (f / "metrics.jsonl").is_file()]
     if missing:
         raise EditscopeError(f"no metrics.jsonl in: {', '.join(missing)}")
-    rows = [summarize_run(folder, args.collapse) for folder in args.runs]
+    rows = [summarize_run(folder, args.collapse, args.at) for folder in args.runs]
     if args.json:
         emit_json(rows)
     else:
@@ -143,8 +143,10 @@ def _collapse_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_study_commands(sub: Any) -> None:
     """Register ``demo``, ``compare`` and ``report`` on the CLI's subparsers."""
-    compare = sub.add_parser("compare", help="summary table of run folders (first checkpoint against last)")
+    compare = sub.add_parser("compare", help="summary table of run folders (first checkpoint against last, or against --at)")
     compare.add_argument("runs", nargs="+", type=Path, help="run folders")
+    compare.add_argument("--at", type=int, default=None, metavar="EDITS",
+                         help="read each run as it stood at this checkpoint (a count of edits every run has recorded)")
     compare.add_argument("--json", action="store_true")
     _collapse_flag(compare)
     compare.set_defaults(func=cmd_compare)

@@ -118,6 +118,8 @@ class EditEvidence:
         resid_change_pct: mean residual-stream norm change against the unedited model, over the
             layers from the first edited one on (where an edit acts), percent.
         angle_deg: mean principal angle against the unedited model over the same layers, degrees.
+        resid_by_layer: per layer of those (ascending), its own residual-norm change series, percent
+            (claim 3 is judged layer by layer: the mean can rise while most layers, or the last, fall).
         efficacy: retained efficacy at the last checkpoint (NaN if not measured).
         ppl_change_pct: largest held-out perplexity change at the last checkpoint, percent.
         tasks: the downstream tasks measured.
@@ -133,6 +135,7 @@ class EditEvidence:
     efficacy: float
     ppl_change_pct: float
     tasks: tuple[TaskEvidence, ...] = ()
+    resid_by_layer: dict[int, tuple[float, ...]] = field(default_factory=dict)
 
 
 def _part(run: ReportRun) -> str | None:
@@ -150,7 +153,9 @@ def edit_evidence(run: ReportRun) -> EditEvidence:
     edited_mean = tuple(run.series(f"weight/{part}/edited_fro_mean")[1]) if part else ()
     drift = run.series(f"weight/{part}/unedited_max_rel_change")[1] if part else []
     start = min(run.edited_layers, default=0)
-    resid = _site_means(run, lambda i: f"act/layers.{i}.resid/norm", [i for i in run.site_layers("act", "resid", "norm") if i >= start], True)
+    resid_layers = [i for i in run.site_layers("act", "resid", "norm") if i >= start]
+    resid = _site_means(run, lambda i: f"act/layers.{i}.resid/norm", resid_layers, True)
+    by_layer = {i: tuple(run.relative_series(f"act/layers.{i}.resid/norm")[1]) for i in resid_layers}
     angle = _site_means(
         run, lambda i: f"subspace/layers.{i}.resid/angle_mean", [i for i in run.site_layers("subspace", "resid", "angle_mean") if i >= start], False
     )  # fmt: skip
@@ -168,5 +173,6 @@ def edit_evidence(run: ReportRun) -> EditEvidence:
         name=run.name, editor=str(run.config.get("editor", run.name)), edits=tuple(int(r["edits"]) for r in run.records),
         edited_mean=edited_mean, unedited_max_change=max(drift, default=math.nan), resid_change_pct=resid, angle_deg=angle,
         efficacy=float(last.get("edit/efficacy", math.nan)), ppl_change_pct=max(ppl, default=math.nan), tasks=tasks,
+        resid_by_layer={i: series for i, series in by_layer.items() if series},
     )  # fmt: skip
 

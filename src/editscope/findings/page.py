@@ -15,7 +15,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from editscope.findings.evidence import PosttrainEvidence
+from editscope.findings.evidence import EditEvidence, PosttrainEvidence
 from editscope.findings.provenance import PartRecord, mixed
 from editscope.findings.rules import CLAIMS, Verdict, trend_step
 from editscope.findings.run import Findings
@@ -60,6 +60,63 @@ def _posttrain_table(evidence: Sequence[PosttrainEvidence]) -> str:
             "the scheduled learning rates; the rest of the change is the gradient updates'. Where the two are close, the "
             "run measured its weight decay more than the claim.</p>")  # fmt: skip
     return f"<table>{header}{''.join(rows)}</table>{note}"
+
+
+def _layer_table(edits: Sequence[EditEvidence], share: float) -> str:
+    """Claim 3 layer by layer: each editor's residual-norm change at its last checkpoint per layer read (a layer that
+    fell by the rule is marked)."""
+    from editscope.findings.rules import fell
+
+    runs = [e for e in edits if e.resid_by_layer]
+    layers = sorted({i for e in runs for i in e.resid_by_layer})
+    if not layers:
+        return ""
+    rows = []
+    for e in runs:
+        cells = []
+        for i in layers:
+            series = e.resid_by_layer.get(i)
+            css = " class='holds'" if series and fell(series, share) else ""
+            cells.append(f"<td{css}>{series[-1]:+.2f}</td>" if series else "<td>-</td>")
+        rows.append(f"<tr><td>{_e(e.name)}</td><td>{e.edits[-1]}</td>{''.join(cells)}</tr>")
+    header = "<tr><th>run</th><th>edits</th>" + "".join(f"<th>{i}</th>" for i in layers) + "</tr>"
+    return ("<p>Residual-stream norm change against the unedited model at the last checkpoint, percent, by layer "
+            "(green: fell by the rule).</p>" f"<table>{header}{''.join(rows)}</table>")
+
+
+def compared(findings: Findings, claim: int) -> list[dict[str, object]]:
+    """Each verdict of ``claim`` beside the earlier findings' verdict on the same subject (``--against``)."""
+    if not findings.against:
+        return []
+    before = {(v["claim"], v["subject"]): v for v in findings.against["verdicts"]}
+    runs_here = {e.name: e.edits[-1] for e in findings.edits}
+    rows = []
+    for v in findings.verdicts:
+        if v.claim != claim or (claim, v.subject) not in before:
+            continue
+        old = before[(claim, v.subject)]
+        rows.append({
+            "claim": claim, "subject": v.subject, "edits_before": findings.against["edits"].get(v.subject),
+            "verdict_before": old["verdict"], "measured_before": old["reason"], "edits_here": runs_here.get(v.subject),
+            "verdict_here": v.verdict, "measured_here": v.reason, "changed": old["verdict"] != v.verdict,
+        })  # fmt: skip
+    return rows
+
+
+def _against_table(findings: Findings, claim: int) -> str:
+    rows = compared(findings, claim)
+    if not rows:
+        return ""
+    budget = findings.against["budget"] if findings.against else "?"
+    body = "".join(
+        f"<tr><td>{_e(r['subject'])}</td><td>{_e(r['edits_before'] or '')}</td><td>{_e(r['verdict_before'])}</td><td>{_e(r['measured_before'])}</td>"
+        f"<td>{_e(r['edits_here'] or '')}</td><td>{_e(r['verdict_here'])}</td><td>{_e(r['measured_here'])}</td>"
+        f"<td><b>{'changed' if r['changed'] else 'same'}</b></td></tr>"
+        for r in rows
+    )
+    return (f"<p>Beside the <b>{_e(budget)}</b> budget's verdicts ({_e(findings.against['folder'] if findings.against else '')}):</p>"
+            f"<table><tr><th>subject</th><th>edits</th><th>verdict there</th><th>measured there</th><th>edits</th><th>verdict here</th>"
+            f"<th>measured here</th><th>at scale</th></tr>{body}</table>")
 
 
 def _minutes(seconds: float | None) -> str:
@@ -123,6 +180,8 @@ def findings_json(findings: Findings) -> dict:
         "edits": [asdict(e) for e in findings.edits], "rules": asdict(findings.rules),
         "screened": [asdict(t) for t in findings.screened],
         "measured_on": {"parts": [asdict(p) for p in findings.parts], "differ_in": mixed(findings.parts)},
+        "against": {**{k: v for k, v in findings.against.items() if k != "verdicts"},
+                    "verdicts": [row for n in CLAIMS for row in compared(findings, n)]} if findings.against else None,
     })  # type: ignore[return-value]  # fmt: skip
 
 
@@ -142,13 +201,16 @@ def findings_html(findings: Findings) -> str:
         verdicts = [v for v in findings.verdicts if v.claim == number]
         parts.append(f"<h2 id='claim-{number}'>Claim {number}</h2><p>{_e(text)}</p>")
         parts.append(f"<p class='rule'>Rule: {_e(findings.rules.describe(number))}</p>")
-        if number == 1:
+        if number == 1 and findings.posttrain:
             parts.append(_posttrain_table(findings.posttrain))
             parts.append(f"<img src='{FIGURE}' alt='norm change of the updated matrices against optimizer steps'>")
+        if number == 3:
+            parts.append(_layer_table(findings.edits, findings.rules.rising_share))
         if number == 4 and findings.screened:
             left_out = ", ".join(f"{t.task} {t.acc_start:.2f} (chance {t.chance:.2f}, n = {t.n_examples})" for t in findings.screened)
             parts.append(f"<p>At chance on the unedited model, so not measured after editing: {_e(left_out)}.</p>")
         parts.append(_verdict_rows(verdicts))
+        parts.append(_against_table(findings, number))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -156,10 +218,11 @@ def findings_html(findings: Findings) -> str:
 def write_findings(findings: Findings, out: Path) -> Path:
     """``out/findings.html``, ``out/findings.json`` and the post-training figure, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    figure = posttrain_figure(findings.posttrain)
-    tmp = out / f".{FIGURE}.tmp"
-    figure.savefig(tmp, format="png", dpi=150)
-    tmp.replace(out / FIGURE)
+    if findings.posttrain:  # a budget without post-training (scale) has no figure to draw
+        figure = posttrain_figure(findings.posttrain)
+        tmp = out / f".{FIGURE}.tmp"
+        figure.savefig(tmp, format="png", dpi=150)
+        tmp.replace(out / FIGURE)
     atomic_write_text(out / DATA, json.dumps(findings_json(findings), indent=2))
     atomic_write_text(out / PAGE, findings_html(findings))
     return out / PAGE

@@ -55,10 +55,14 @@ class Rules:
             2: f"holds for an editor when the mean norm of its edited matrices rose at >= {share} of the checkpoint intervals and "
             f"no unedited matrix moved by >= {100 * self.unedited_tolerance:g}%; does not hold when the edited mean ended at or "
             "below its start; inconclusive otherwise.",
-            3: f"holds for an editor when the residual-stream norm (layers from the first edited one) was below the unedited "
-            f"model's at >= {share} of the checkpoints after the first, and the mean principal angle ended at >= "
-            f"{self.angle_deg:g} degrees; does not hold when the norm ended above the unedited model's or the angle below "
-            f"{self.angle_deg / 10:g} degrees; inconclusive otherwise.",
+            3: "reads the residual stream at every layer from the first edited one to the last: the activations an edit "
+            "can reach (those below it are unchanged by construction); the paper reports 'intermediate activation vectors' "
+            "without a layer list in the sources we could read, and the mean over layers can rise while most layers, or "
+            f"the last, fall, so each layer is judged on its own. A layer fell when its norm was below the unedited model's "
+            f"at >= {share} of the checkpoints after the first. Holds for an editor when the norm fell at more than half of "
+            f"those layers and the mean principal angle ended at >= {self.angle_deg:g} degrees; does not hold when the norm "
+            f"ended above the unedited model's at more than half of them or the angle below {self.angle_deg / 10:g} "
+            "degrees; inconclusive otherwise.",
             4: f"tasks whose unedited accuracy is within {self.z:g} standard errors of chance are left out. An editor degrades "
             f"when its mean accuracy change over the other tasks is below -{self.z:g} standard errors. The claim holds when "
             f"some editor without norm control degrades and ENCORE neither degrades nor drops below {self.working_efficacy:g} "
@@ -126,15 +130,37 @@ def claim2(evidence: EditEvidence, rules: Rules = Rules()) -> Verdict:
     return Verdict(2, evidence.name, UNSURE, reason)
 
 
+def fell(series: Sequence[float], share: float) -> bool:
+    """A residual-norm change series (its first entry the unedited model's 0) was below zero at ``share`` or more of
+    the checkpoints after the first."""
+    after = series[1:]
+    return bool(after) and sum(v < 0 for v in after) / len(after) >= share
+
+
+def layer_changes(evidence: EditEvidence) -> dict[int, tuple[float, ...]]:
+    """The per-layer series claim 3 reads; runs recorded without them fall back to the mean over layers as one."""
+    return dict(evidence.resid_by_layer) or ({-1: evidence.resid_change_pct} if evidence.resid_change_pct else {})
+
+
 def claim3(evidence: EditEvidence, rules: Rules = Rules()) -> Verdict:
-    resid, angle = evidence.resid_change_pct[1:], evidence.angle_deg
-    if not resid or not angle:
+    """Layer by layer (:meth:`Rules.describe`): the norm fell at a majority of the layers read and the angle grew."""
+    layers, angle = layer_changes(evidence), evidence.angle_deg
+    if not layers or not angle or len(evidence.resid_change_pct) < 2:
         return Verdict(3, evidence.name, UNSURE, "activation norms or subspace angles not measured after editing")
-    below = sum(v < 0 for v in resid) / len(resid)
-    reason = f"residual norm {resid[-1]:+.3g}% at the end, below the unedited model's at {below:.0%} of checkpoints; mean principal angle {angle[-1]:.3g} deg"
-    if below >= rules.rising_share and angle[-1] >= rules.angle_deg:
+    down = [i for i, series in layers.items() if fell(series, rules.rising_share)]
+    up = [i for i, series in layers.items() if series[-1] > 0]
+    mean = evidence.resid_change_pct[-1]
+    if -1 in layers:
+        where = f"mean over layers {mean:+.3g}% at the end"
+    else:
+        lowest = min(layers, key=lambda i: layers[i][-1])
+        last = max(layers)
+        where = (f"fell at {len(down)}/{len(layers)} layers, ended above at {len(up)}/{len(layers)}; last layer ({last}) "
+                 f"{layers[last][-1]:+.3g}%, largest fall layer {lowest} {layers[lowest][-1]:+.3g}%, mean over layers {mean:+.3g}%")
+    reason = f"residual norm {where}; mean principal angle {angle[-1]:.3g} deg"
+    if 2 * len(down) > len(layers) and angle[-1] >= rules.angle_deg:
         return Verdict(3, evidence.name, HOLDS, reason)
-    if resid[-1] > 0 or angle[-1] < rules.angle_deg / 10:
+    if 2 * len(up) > len(layers) or angle[-1] < rules.angle_deg / 10:
         return Verdict(3, evidence.name, FAILS, reason)
     return Verdict(3, evidence.name, UNSURE, reason)
 

@@ -49,6 +49,8 @@ class FindingsConfig:
         ray_address: a Ray cluster to join (the post-training runs and MEND's training go there too).
         threads: torch threads per job on Ray.
         device: device of the post-training runs.
+        against: an earlier findings folder whose verdicts the page sets beside these (its
+            ``findings.json``; e.g. the 50-edit ``standard`` budget's against ``scale``).
     """
 
     model: str = "smollm2-135m"
@@ -66,6 +68,7 @@ class FindingsConfig:
     ray_address: str | None = None
     threads: int = 1
     device: str = "auto"
+    against: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Findings:
     rules: Rules = Rules()
     screened: tuple[TaskEvidence, ...] = ()
     parts: tuple[PartRecord, ...] = ()
+    against: dict[str, Any] | None = None
 
 
 def planned_editors(config: FindingsConfig) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -124,6 +128,18 @@ def prepare(config: FindingsConfig, trainings: list[PosttrainConfig], mend: dict
         mend_work(mend, torch.get_num_threads())
 
 
+def read_against(folder: str) -> dict[str, Any]:
+    """What the page compares with from an earlier findings folder: its budget, edit counts and verdicts."""
+    import json
+
+    path = Path(folder) / "findings.json"
+    if not path.is_file():
+        raise ConfigError(f"findings --against {folder}: no findings.json there (run `editscope findings --out {folder}` first)")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    edits = {e["name"]: e["edits"][-1] for e in data.get("edits", []) if e.get("edits")}
+    return {"folder": str(folder), "budget": data.get("budget"), "edits": edits, "verdicts": data.get("verdicts", [])}
+
+
 def run_findings(config: FindingsConfig) -> Findings:
     """Run what is missing, judge, and write ``findings.html``, ``findings.json`` and the edit runs' report."""
     from editscope.findings.hypernetwork import FOLDER
@@ -140,6 +156,9 @@ def run_findings(config: FindingsConfig) -> Findings:
     out = Path(config.out)
     budget = budget_of(config.budget, config.edits)
     editors, not_run = planned_editors(config)
+    against = read_against(config.against) if config.against else None
+    if not budget.posttrain:
+        not_run["post-training (claim 1)"] = f"not part of the {config.budget} budget"
     settings = {editor: dict(values) for editor, values in config.editor_settings.items()}
     if config.mend_checkpoint:
         settings["mend"] = {**settings.get("mend", {}), "checkpoint": config.mend_checkpoint}
@@ -182,6 +201,7 @@ def run_findings(config: FindingsConfig) -> Findings:
     parts = [run_folder_record(f"posttrain/{c.mode}", posttrain_store(c).saved_resolved(), records[c.mode]) for c in trainings]
     parts += [mend_record(mend_folder)] if "mend" in editors and mend_folder is not None else []
     parts += [run_folder_record(f"edits/{c.editor}", run.config.get("resolved") or {}, run.records) for c, run in zip(runs, loaded, strict=True)]
-    findings = Findings(config, tuple(posttrain), tuple(edits), tuple(judge(posttrain, edits)), not_run, screened=screened, parts=tuple(parts))
+    findings = Findings(config, tuple(posttrain), tuple(edits), tuple(judge(posttrain, edits)), not_run, screened=screened,
+                        parts=tuple(parts), against=against)
     write_findings(findings, out)
     return findings

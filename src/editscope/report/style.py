@@ -144,12 +144,40 @@ def integer_x(ax: Axes) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
 
 
+def log_spaced(points: Sequence[float]) -> bool:
+    """Whether checkpoints are spread over decades (a scale study's 100, 200, 500, 1,000, 2,000): at least three
+    after step 0, spanning a factor of 10 or more, with the widest gap at least 3x the narrowest (evenly spaced
+    checkpoints stay on a linear axis)."""
+    xs = sorted({float(x) for x in points if x > 0})
+    if len(xs) < 3 or xs[-1] / xs[0] < 10:
+        return False
+    gaps = [b - a for a, b in zip(xs, xs[1:])]
+    return max(gaps) >= 3 * min(gaps)
+
+
+def _plotted_x(ax: Axes) -> list[float]:
+    """x values of the curves in data coordinates (not reference lines drawn across the axes)."""
+    return [float(x) for line in ax.get_lines() if line.get_transform().contains_branch_seperately(ax.transData)[0]
+            for x in line.get_xdata()]  # fmt: skip
+
+
 def edits_axis(ax: Axes) -> None:
-    """The x axis of an "over edits" panel (call after plotting): from 0 edits, integer ticks, a lone checkpoint centred."""
+    """The x axis of an "over edits" panel (call after plotting): from 0 edits, integer ticks, a lone checkpoint
+    centred; where the checkpoints are log-spaced (:func:`log_spaced`), a log axis (linear below the first
+    checkpoint, so that step 0 stays on it) ticked at the checkpoints."""
     ax.set_xlabel("edits")
-    integer_x(ax)
     if not ax.has_data():
+        integer_x(ax)
         return
+    xs = _plotted_x(ax)
+    if log_spaced(xs):
+        points = sorted({x for x in xs if x > 0})
+        ax.set_xscale("symlog", linthresh=points[0], linscale=0.5)
+        ax.set_xticks([0.0, *points] if min(xs) <= 0 else points)
+        ax.set_xticklabels([f"{x:,.0f}" for x in ax.get_xticks()])
+        ax.set_xlabel("edits (log scale)")
+        return
+    integer_x(ax)
     lo, hi = ax.dataLim.intervalx
     if hi - lo < 1:
         ax.set_xlim(lo - 1, hi + 1)

@@ -104,10 +104,24 @@ def fluency_x100(entropy_bits: float) -> float:
     return 100.0 * entropy_bits
 
 
-def summarize_run(folder: str | Path, rule: CollapseRule = CollapseRule()) -> dict[str, Any]:
-    """:func:`summarize_records` of the run in ``folder``, with its name."""
+def records_until(records: Sequence[Mapping[str, Any]], at: int | None, where: str = "run") -> list[Mapping[str, Any]]:
+    """The records up to the checkpoint at ``at`` edits (``None``: all of them), so a summary reads the run as it
+    stood there; a count that is not a checkpoint is refused with the ones there are."""
+    if at is None:
+        return list(records)
+    counts = [int(r["edits"]) for r in records]
+    if at not in counts:
+        from editscope.config import ConfigError
+
+        raise ConfigError(f"--at {at}: {where} has no checkpoint at {at} edits; its checkpoints: {', '.join(map(str, counts))}")
+    return [r for r in records if int(r["edits"]) <= at]
+
+
+def summarize_run(folder: str | Path, rule: CollapseRule = CollapseRule(), at: int | None = None) -> dict[str, Any]:
+    """:func:`summarize_records` of the run in ``folder``, with its name; ``at``: as it stood at that checkpoint."""
     folder = Path(folder)
-    return {"run": folder.name, **summarize_records(read_metrics_file(folder / "metrics.jsonl"), rule)}
+    records = records_until(read_metrics_file(folder / "metrics.jsonl"), at, str(folder))
+    return {"run": folder.name, **summarize_records(records, rule)}
 
 
 def format_value(value: Any) -> str:
