@@ -21,6 +21,11 @@ CASES = {
     "run: data file missing": ["run", "--model", "{tiny}", "--editor", "memit", "--data", "/nonexistent.json", "--edits", "5", "--out", "{out}"],
     "run: more edits than data": ["run", "--model", "{tiny}", "--editor", "memit", "--data", "demo", "--edits", "100000", "--out", "{out}"],
     "run: resume of nothing": ["run", "--resume", "{out}"],
+    "run: data is a folder": ["run", "--model", "{tiny}", "--editor", "memit", "--data", "{empty}", "--edits", "5", "--out", "{out}"],
+    "run: model of an unknown architecture": ["run", "--model", "{alien}", "--editor", "memit", "--data", "demo", "--edits", "5", "--out", "{out}"],
+    "run: jsonl record with an unknown key": ["run", "--model", "{tiny}", "--editor", "memit", "--data", "{bad_jsonl}", "--edits", "1", "--out", "{out}"],
+    "export: not a run folder": ["export", "{empty}", "--out", "{out}"],
+    "predict: run checkpoint not kept": ["predict", "--model", "{fake_run}@7"],
     "posttrain: model folder missing": ["posttrain", "--mode", "full", "--model", "/nonexistent/model", "--steps", "2", "--out", "{out}"],
     "posttrain: data file missing": ["posttrain", "--mode", "full", "--model", "{tiny}", "--data", "/nonexistent.json", "--steps", "2", "--out", "{out}"],
     "posttrain: zero steps": ["posttrain", "--mode", "full", "--model", "{tiny}", "--steps", "0", "--out", "{out}"],
@@ -34,6 +39,12 @@ CASES = {
     "report: not a run folder": ["report", "{empty}", "--out", "{out}"],
     "report: unknown figure": ["report", "{empty}", "--out", "{out}", "--figures", "nosuch"],
 }
+SAYS = {  # what the line must tell, where the case is about the message
+    "run: data is a folder": "is a folder, not an edit-set file",
+    "run: model of an unknown architecture": "config.json: transformers cannot read it",
+    "run: jsonl record with an unknown key": "'paraphrase_prompt': unknown key (did you mean 'paraphrase_prompts'?); the jsonl format's keys: id, prompt",
+    "predict: run checkpoint not kept": "no delta kept at 7 edits",
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -43,11 +54,19 @@ def test_refusal_is_one_line_status_2_and_writes_nothing(case, tiny_folder, tmp_
     work.mkdir()
     (work / "empty").mkdir()
     (work / "bad_sweep.yaml").write_text("base: {model: x}\ngrid: {}\nroot: r\nnosuch: 1\n")
-    names = {"tiny": str(tiny_folder), "out": str(work / "out"), "empty": str(work / "empty"), "bad_sweep": str(work / "bad_sweep.yaml")}
+    (work / "alien").mkdir()
+    (work / "alien" / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    (work / "bad.jsonl").write_text('{"prompt": "{} is in", "subject": "X", "target_new": "A", "target_true": "B", "paraphrase_prompt": ["x"]}\n')
+    (work / "run" / "state").mkdir(parents=True)  # a run folder saved at 10 edits, no checkpoint deltas kept
+    (work / "run" / "config.yaml").write_text(f"model: {tiny_folder}\neditor: memit\nedits: 10\n")
+    (work / "run" / "state" / "state.json").write_text('{"progress": {"edits": 10}, "editor": {}, "instruments": {}}')
+    names = {"tiny": str(tiny_folder), "out": str(work / "out"), "empty": str(work / "empty"), "bad_sweep": str(work / "bad_sweep.yaml"),
+             "alien": str(work / "alien"), "bad_jsonl": str(work / "bad.jsonl"), "fake_run": str(work / "run")}  # fmt: skip
     argv = [a.format(**names) for a in CASES[case]]
     before = _tree(work)
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, (case, err)
     assert len(err) == 1 and err[0].startswith("editscope: error: "), (case, err)
+    assert SAYS.get(case, "") in err[0], (case, err)
     assert _tree(work) == before, (case, _tree(work) - before)

@@ -49,6 +49,19 @@ def test_checkpoints_fall_on_batch_ends():
     log = checkpoints(1000, 10, every=1, log_points=4)
     assert log == [0, 10, 50, 220, 1000]
     assert all(p % 10 == 0 for p in log)
+    # explicit points (the scale study's), shared by runs of different lengths; rounded up to batch ends
+    assert checkpoints(2000, 100, every=100, at=(100, 200, 500, 1000)) == [0, 100, 200, 500, 1000, 2000]
+    assert checkpoints(1000, 100, every=100, at=(100, 200, 500, 1000, 2000)) == [0, 100, 200, 500, 1000]
+    assert checkpoints(1000, 300, every=100, at=(100, 500)) == [0, 300, 600, 1000]
+
+
+def test_points_are_part_of_the_digest_only_when_set(tmp_path):
+    plain = load_run_config(None, {"edits": 30, "batch_size": 10, "out": str(tmp_path / "a")})
+    assert plain.digest() == load_run_config(None, {"edits": 30, "batch_size": 10, "points": [], "out": str(tmp_path / "b")}).digest()
+    assert plain.digest() != load_run_config(None, {"edits": 30, "batch_size": 10, "points": [10], "out": str(tmp_path / "c")}).digest()
+    for bad in ([20, 10], [0, 10], [10, 10]):
+        with pytest.raises(ConfigError, match="run.points"):
+            load_run_config(None, {"edits": 30, "points": bad})
 
 
 # -- a run and its folder ----------------------------------------------------------------------
@@ -65,7 +78,13 @@ def test_run_folder_follows_the_contract(finished_run):
     folder = Path(config.out)
     records = read_metrics_file(folder / "metrics.jsonl")
     assert [r["edits"] for r in records] == [0, 10, 20]
-    assert all(set(r) == {"edits", "wall_s", "metrics"} for r in records)
+    assert set(records[0]) == {"edits", "wall_s", "metrics"}
+    assert all(set(r) == {"edits", "wall_s", "metrics", "batch_s"} for r in records[1:])
+    # each batch's seconds since the last checkpoint (two batches of 5 per 10 edits), summing to the edit time
+    for r in records[1:]:
+        assert len(r["batch_s"]) == 2 and all(s > 0 for s in r["batch_s"])
+        assert sum(r["batch_s"]) == pytest.approx(r["metrics"]["time/edit_s"], abs=0.01)
+        assert r["metrics"]["mem/peak_rss_mb"] >= r["metrics"]["mem/rss_mb"] > 50
     first, last = records[0]["metrics"], records[-1]["metrics"]
     edited = "model.layers.1.mlp.down_proj.weight"
     unedited = "model.layers.3.mlp.down_proj.weight"
@@ -255,7 +274,7 @@ def test_ends_only_instruments_skip_the_middle_checkpoints(tiny_folder, tmp_path
     assert all("ppl/default" in r["metrics"] for r in records)
     # an empty ends_only leaves the digest of run folders made before the field existed unchanged
     plain = tiny_config(tiny_folder, tmp_path / "plain")
-    data = {k: v for k, v in to_dict(plain).items() if k not in ("out", "device_map", "ends_only")}
+    data = {k: v for k, v in to_dict(plain).items() if k not in ("out", "device_map", "ends_only", "points")}
     assert plain.digest() == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
     assert config.digest() != tiny_config(tiny_folder, tmp_path / "x", edits=10, every=5, instruments=["downstream", "perplexity"],
                                           instrument_config=settings).digest()  # fmt: skip
@@ -273,6 +292,12 @@ def test_cli_compare(finished_run, capsys, tmp_path):
     assert main(["compare", config.out]) == 0
     assert "edited ||W|| growth %" in capsys.readouterr().out
     assert main(["compare", str(tmp_path)]) == 2
+    # any checkpoint, not only the last: the run as it stood at 10 edits
+    assert main(["compare", config.out, "--at", "10", "--json"]) == 0
+    at10 = json.loads(capsys.readouterr().out)[0]
+    assert at10["edits"] == 10 and 0 < at10["edited_fro_growth_pct"] < rows[0]["edited_fro_growth_pct"]
+    assert main(["compare", config.out, "--at", "15"]) == 2
+    assert "no checkpoint at 15 edits; its checkpoints: 0, 10, 20" in capsys.readouterr().err
 
 
 def test_side_by_side_runs_equal_runs_one_after_another(finished_run, tiny_folder, tmp_path):

@@ -119,7 +119,7 @@ def test_stability_study_runs_each_method_on_the_same_edits():
     with pytest.raises(ConfigError, match="did you mean 'stability'"):
         study_preset("stabilty")
     flags = {"model": "smollm2-135m", "batch_size": 10, "seed": 0, "out": "/s", "quick": False, "downstream_dir": None,
-             "edits": None, "every": None, "all_facts": False, "collapse": CollapseRule()}  # fmt: skip
+             "edits": None, "every": None, "all_facts": False, "collapse": CollapseRule(), "data": None}  # fmt: skip
     subset = _study(argparse.Namespace(**flags, study="stability", editors="prune,encore"))
     assert [a.name for a in subset.arms] == ["encore", "prune"] and subset.edits == 300 and subset.every == 100
     with pytest.raises(ConfigError, match="not runs of study"):
@@ -128,3 +128,28 @@ def test_stability_study_runs_each_method_on_the_same_edits():
     assert plain.editors == ("memit", "encore") and plain.arms == () and plain.known_only
     with pytest.raises(ConfigError, match="run names must differ"):
         study_runs(StudyConfig(arms=preset.arms[:1] * 2))
+
+
+def test_scale_study_needs_an_edit_set_and_shares_its_checkpoints():
+    """The shipped scale study: batches of 100 and checkpoints at 100, 200, 500, 1,000, 2,000 edits shared by every
+    run; MEMIT, ENCORE and AlphaEdit make 2,000 edits, the other three 1,000; it refuses to start without --data."""
+    import argparse
+
+    from editscope.cli.study import _study
+    from editscope.runs.collapse import CollapseRule
+
+    flags = {"model": "smollm2-135m", "batch_size": None, "seed": 0, "out": "/s", "quick": False, "downstream_dir": None,
+             "edits": None, "every": None, "all_facts": False, "collapse": CollapseRule(), "editors": None}  # fmt: skip
+    with pytest.raises(ConfigError, match="needs an edit set of at least 2000 requests: pass --data"):
+        _study(argparse.Namespace(**flags, study="scale", data=None))
+    study = _study(argparse.Namespace(**flags, study="scale", data="facts.json"))
+    assert study.batch_size == 100 and study.downstream_examples == 100 and not study.known_only
+    runs = study_runs(study)
+    assert [(r.out, r.edits) for r in runs] == [("/s/memit", 2000), ("/s/encore", 2000), ("/s/alphaedit", 2000),
+                                                ("/s/memit_nas", 1000), ("/s/rect", 1000), ("/s/prune", 1000)]  # fmt: skip
+    assert {r.data for r in runs} == {"facts.json"} and {r.batch_size for r in runs} == {100}
+    assert {r.points for r in runs} == {(100, 200, 500, 1000)}
+    shorter = study_runs(_study(argparse.Namespace(**{**flags, "edits": 300}, study="scale", data="facts.json")))
+    assert {(r.edits, r.points) for r in shorter} == {(300, (100, 200))}  # --edits caps every arm
+    every = _study(argparse.Namespace(**{**flags, "every": 200}, study="scale", data="facts.json"))
+    assert every.points == () and every.every == 200  # --every replaces the shared points

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import random
 import sys
 import time
@@ -165,35 +164,6 @@ def cmd_data_rank(args: argparse.Namespace) -> int:
 
 
 # -- predict ---------------------------------------------------------------------------------
-def cmd_predict(args: argparse.Namespace) -> int:
-    from editscope.data import load_requests
-    from editscope.evaluation.knowledge import probe_knowledge
-    from editscope.models import load
-
-    start = time.perf_counter()
-    loaded = load(args.model)
-    load_s = time.perf_counter() - start
-    requests = _select(load_requests("demo"), args.limit, args.seed)
-    knowledge = probe_knowledge(loaded.model, loaded.tokenizer, requests)
-    rows = []
-    for request, k in zip(requests, knowledge):
-        rows.append([
-            request.text[:48],
-            request.target_true,
-            f"{math.exp(k.true.logprob):.3f}",
-            str(k.true.first_rank),
-            request.target_new,
-            f"{math.exp(k.new.logprob):.4f}",
-        ])
-    print(f"Model {args.model} ({loaded.spec.name}, {loaded.spec.num_layers(loaded.model)} layers) loaded in {load_s:.1f} s")
-    print(f"What it predicts now for {len(requests)} demo facts (seed {args.seed}):\n")
-    print(format_table(rows, ["prompt", "true object", "P(true)", "rank", "edit target", "P(new)"]))
-    known = sum(k.known for k in knowledge)
-    print(f"\nKnown (true object ranked 1): {known}/{len(knowledge)}. "
-          f"The counterfactual edit targets are what the editors will write in.")
-    return 0
-
-
 # -- run -------------------------------------------------------------------------------------
 
 
@@ -314,11 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing run folder with a different config")
     run.set_defaults(func=cmd_run)
 
-    predict = sub.add_parser("predict", help="load a model and show what it predicts for demo facts")
-    predict.add_argument("--model", default="smollm2-135m")
-    predict.add_argument("--limit", type=int, default=20)
-    predict.add_argument("--seed", type=int, default=0)
-    predict.set_defaults(func=cmd_predict)
+    from editscope.cli.predict import add_predict_parser
+
+    add_predict_parser(sub)
 
     from editscope.cli.scale import add_scale_commands
     from editscope.cli.study import add_study_commands
@@ -330,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_findings_parser(sub)
     add_scale_commands(sub)
     add_weight_commands(sub)
+    from editscope.cli.export import add_export_commands
+
+    add_export_commands(sub)
     return parser
 
 

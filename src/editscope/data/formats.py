@@ -130,8 +130,20 @@ def mquake(record: Mapping[str, Any], index: int) -> list[EditRequest]:
     return requests
 
 
+JSONL_KEYS = ("id", "prompt", "subject", "target_new", "target_true", "paraphrase_prompts", "neighborhood",
+              "generation_prompts", "relation_id", "meta")
+"""Every key of the project's own schema; the first five after ``id`` are required but ``id``."""
+
+
 def own_jsonl(record: Mapping[str, Any], index: int) -> list[EditRequest]:
-    """The project's own schema (:meth:`EditRequest.to_dict`)."""
+    """The project's own schema (:meth:`EditRequest.to_dict`); a key it does not know is refused (a misspelt
+    optional key would otherwise be dropped without a word)."""
+    from editscope.registry import did_you_mean
+
+    stray = sorted(set(record) - set(JSONL_KEYS))
+    if stray:
+        raise RequestError(stray[0], f"unknown key{did_you_mean(stray[0], list(JSONL_KEYS))}; the jsonl format's keys: "
+                                     f"{', '.join(JSONL_KEYS)} (prompt, subject, target_new and target_true required)")  # fmt: skip
     raw_neighborhood = field(record, "neighborhood", list, required=False) or []
     neighborhood = []
     for i, item in enumerate(raw_neighborhood):

@@ -45,6 +45,8 @@ class DatasetReport:
 def read_records(path: Path) -> list[Any]:
     """The file's records: a JSON list, or one JSON value per line for ``.jsonl``."""
     text_path = str(path)
+    if path.is_dir():
+        raise DataError(text_path, None, None, "is a folder, not an edit-set file (give a .json or .jsonl file)")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -91,7 +93,8 @@ def detect_format(records: list[Any], path: str = "<records>") -> str:
     keys = set(first)
     matches = [name for name, (_, needed) in SCHEMAS.items() if needed <= keys]
     if not matches:
-        raise DataError(path, 0, None, f"unknown schema (keys: {', '.join(sorted(keys))}); formats: {', '.join(FORMATS)}")
+        expected = "; ".join(f"{name}: {', '.join(sorted(needed))}" for name, (_, needed) in SCHEMAS.items())
+        raise DataError(path, 0, None, f"unknown schema (keys: {', '.join(sorted(keys))}); each format is told by these keys: {expected}")
     return max(matches, key=lambda name: len(SCHEMAS[name][1]))
 
 

@@ -115,8 +115,45 @@ def resolve_path(spec: str) -> Path:
     return path
 
 
+def run_source(spec: str) -> TensorSource | None:
+    """An editing run folder (``RUN`` or ``RUN@EDITS``) as a checkpoint: its base model's tensors, the edited
+    matrices replaced by ``W0 + C`` at that checkpoint (written once to a scratch file, removed at exit); ``None``
+    for anything that is not a run folder."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from editscope.runs.export import parse_run_ref, run_deltas
+    from editscope.runs.store import RunStore
+
+    ref = parse_run_ref(spec)
+    if ref is None:
+        return None
+    deltas, edits, _ = run_deltas(ref)
+    base = open_source(RunStore(ref.folder).saved_config().model)
+    missing = [name for name in deltas if name not in base.info]
+    if missing:
+        raise CheckpointError(f"{spec}: its base model has no tensor {missing[0]!r}")
+    scratch = Path(tempfile.mkdtemp(prefix="editscope-diff-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    edited = {}
+    for name, delta in deltas.items():
+        with safe_open(str(base.files[name]), framework="pt") as handle:
+            w0 = handle.get_tensor(name)
+        edited[name] = (w0.to(delta.dtype) + delta).to(w0.dtype).contiguous()
+    file = scratch / f"edited-{edits}.safetensors"
+    save_file(edited, str(file))
+    files = {**base.files, **dict.fromkeys(edited, file)}  # same names, shapes and dtypes as the base's
+    return TensorSource(label=spec, files=files, info=dict(base.info), config=base.config)
+
+
 def open_source(spec: str) -> TensorSource:
     """A :class:`TensorSource` for a checkpoint argument (see the module docstring)."""
+    run = run_source(spec)
+    if run is not None:
+        return run
     path = resolve_path(spec)
     files = [path] if path.is_file() else _folder_files(path)
     config_path = (path.parent if path.is_file() else path) / "config.json"

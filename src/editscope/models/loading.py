@@ -71,7 +71,11 @@ def load_folder(folder: str | os.PathLike[str], *, dtype: torch.dtype | None = N
     path = Path(folder)
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} is not a model folder: it has no config.json")
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError, OSError) as exc:  # an unknown model_type, a malformed config.json
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"{path}/config.json: transformers cannot read it ({detail})") from None
     spec_for_config(config)  # unsupported architectures fail before reading weights
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -102,14 +106,20 @@ def load(name_or_path: str, *, dtype: torch.dtype | None = None, device_map: Dev
     """Load a bundled model by name, a local HF folder, or a hub id.
 
     Args:
-        name_or_path: ``smollm2-135m`` / ``gemma3-270m``, a folder path, or ``org/name``.
+        name_or_path: ``smollm2-135m`` / ``gemma3-270m``, a folder path, ``org/name``, or an editing run
+            folder ``RUN`` / ``RUN@EDITS`` (its base model with the cumulative delta at that checkpoint added).
         dtype: parameter dtype; fp32 by default (the bundled weights are dequantized to fp32).
         device_map: where the modules go (see :mod:`editscope.models.placement`): a device
             (``"cuda:0"``), a strategy (``"auto"``) or ``{module path: device}``; ``None`` keeps the
             model on the CPU. The weights are read into CPU memory first, then moved.
     """
     start = time.perf_counter()
-    if name_or_path in BUNDLED_MODELS:
+    from editscope.runs.export import edited_model, parse_run_ref  # a run folder is a model wherever one is taken
+
+    run = parse_run_ref(name_or_path) if name_or_path not in BUNDLED_MODELS else None
+    if run is not None:
+        loaded = edited_model(run, dtype=dtype)
+    elif name_or_path in BUNDLED_MODELS:
         loaded = load_folder(ensure_bundled(name_or_path), dtype=dtype, name=name_or_path)
     elif Path(name_or_path).expanduser().exists():
         loaded = load_folder(Path(name_or_path).expanduser(), dtype=dtype)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from editscope.config import ConfigError, deep_merge, from_dict, load_yaml, to_dict
 
 # Fields that say where a run is written or computed, not what it computes: left out of the digest.
-PLACEMENT_FIELDS = ("out", "device_map")
+PLACEMENT_FIELDS = ("out", "device_map", "keep_deltas")
 # Fields added after run folders existed: left out of the digest while empty (their default), so
 # those folders still resume.
 LATER_FIELDS = ("ends_only", "points")
@@ -49,6 +49,10 @@ class RunConfig:
             costly ones whose reader needs only the two ends, e.g. ``downstream`` in ``editscope
             findings``); the others are measured at every checkpoint.
         out: the run folder.
+        keep_deltas: keep the cumulative delta of the edited matrices at every checkpoint in
+            ``checkpoints/<edits>.safetensors`` (the edited matrices' size each: 17.7 MB for MEMIT's five
+            SmolLM2 down projections in float32), so the model at any checkpoint can be exported or loaded
+            as ``RUN@EDITS``; ``False`` keeps only the latest (``state/``). Not part of the digest.
         device_map: where the model runs: ``None`` (CPU), a device (``cuda:0``), ``auto`` (spread
             over the visible GPUs by accelerate) or ``{module path: device}``; see
             :mod:`editscope.models.placement`. Not part of the digest: a run may resume elsewhere.
@@ -71,6 +75,7 @@ class RunConfig:
     instrument_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     ends_only: tuple[str, ...] = ()
     out: str = "runs/run"
+    keep_deltas: bool = True
     device_map: str | dict[str, Any] | None = None
 
     placement_fields: ClassVar[tuple[str, ...]] = PLACEMENT_FIELDS

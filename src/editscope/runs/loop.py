@@ -183,6 +183,8 @@ class SequentialRun:
             record["batch_s"] = [round(s, 3) for s in self.batch_s]
         self.store.append_metrics(record)
         self.batch_s = []
+        if self.config.keep_deltas and self.edits > 0:
+            self.store.save_checkpoint_deltas(self.edits, self.cumulative)
         self.store.save_state(
             {
                 "edits": self.edits, "wall_s": self.wall_s, "fingerprint": self.fingerprint,

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 STATE = "state"
+CHECKPOINTS = "checkpoints"
+"""``checkpoints/<edits>.safetensors``: the cumulative delta of the edited matrices at each checkpoint (the model
+at any recorded checkpoint is ``W0 + C``; ``editscope export RUN@EDITS``)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,21 @@ class RunStore:
             (tmp / "state.json").write_text(
                 json.dumps({"progress": dict(progress), "editor": editor_plain, "instruments": inst_plain}, indent=2, sort_keys=True)
             )
+
+    def save_checkpoint_deltas(self, edits: int, deltas: Mapping[str, torch.Tensor]) -> Path:
+        """Keep the cumulative delta at ``edits`` (atomically; a checkpoint written again is replaced)."""
+        from editscope.storage import atomic_write_bytes
+        from safetensors.torch import save
+
+        path = self.path / CHECKPOINTS / f"{edits}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in deltas.items()}, metadata={"edits": str(edits)}))
+        return path
+
+    def checkpoint_deltas(self, edits: int) -> dict[str, torch.Tensor] | None:
+        """The cumulative delta kept at ``edits``, or ``None`` where none was kept."""
+        path = self.path / CHECKPOINTS / f"{edits}.safetensors"
+        return load_file(str(path)) if path.is_file() else None
 
     def load_state(self) -> SavedState | None:
         folder = self.path / STATE
