@@ -216,8 +216,9 @@ class RunStore:
 
     def save_checkpoint_deltas(self, edits: int, deltas: Mapping[str, torch.Tensor]) -> Path:
         """Keep the cumulative delta at ``edits`` (atomically; a checkpoint written again is replaced)."""
-        from editscope.storage import atomic_write_bytes
         from safetensors.torch import save
+
+        from editscope.storage import atomic_write_bytes
 
         path = self.path / CHECKPOINTS / f"{edits}.safetensors"
         path.parent.mkdir(exist_ok=True)
