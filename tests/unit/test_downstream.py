@@ -358,3 +358,22 @@ def test_perplexity_default_corpus_and_resume(tiny_gpt2):
     resumed = Perplexity(config)
     resumed.load_state_dict(instrument.state_dict())
     assert resumed.measure(model, tok) == first
+
+
+def test_the_bundled_mmlu_sample_is_balanced_licensed_and_refuses_other_tasks():
+    """``data_dir: bundled`` reads the 400 MMLU questions shipped in the package (100 per answer, MIT licence beside
+    them); a GLUE task there is refused by name, before any file is read."""
+    from collections import Counter
+
+    from editscope.config import ConfigError
+    from editscope.evaluation.tasks import load_tasks, resolve_data_dir
+
+    data = load_tasks("bundled", ["mmlu"])["mmlu"]
+    assert len(data.examples) == 400
+    folder = resolve_data_dir("bundled")
+    records = [json.loads(line) for line in (folder / "mmlu.jsonl").read_text().splitlines()]
+    assert Counter(r["answer"] for r in records) == {0: 100, 1: 100, 2: 100, 3: 100}
+    assert len({r["subject"] for r in records}) > 50 and all(len(r["choices"]) == 4 for r in records)
+    assert "MIT License" in (folder / "LICENSE-MMLU").read_text() and "Hendrycks" in (folder / "README.md").read_text()
+    with pytest.raises(ConfigError, match="holds only mmlu; sst2 need the task files"):
+        load_tasks("bundled", ["mmlu", "sst2"])

@@ -71,12 +71,16 @@ def test_study_runs_share_edits_and_validate_everything():
     assert [r.editor for r in runs] == ["memit", "encore"]
     assert {r.seed for r in runs} == {0} and {r.edits for r in runs} == {30}
     assert [r.out for r in runs] == ["/tmp/study/memit", "/tmp/study/encore"]
-    assert "downstream" not in runs[0].instruments
+    # without task files the demo measures the MMLU sample shipped in the package
+    assert "downstream" in runs[0].instruments
+    assert runs[0].instrument_config["downstream"]["data_dir"] == "bundled" and runs[0].instrument_config["downstream"]["tasks"] == ["mmlu"]
+    quick_bundled = study_runs(StudyConfig(quick=True))[0].instrument_config["downstream"]
+    assert quick_bundled["tasks"] == ["mmlu"] and quick_bundled["n_examples"] == 20
     assert all(r.known_only for r in runs)  # facts the model knows, as CounterFact's are
     assert not study_runs(StudyConfig(known_only=False))[0].known_only
     quick = study_runs(StudyConfig(quick=True, downstream_dir=str(shared_data("knowledge_editing_glue_eval/jsonl"))))
     assert quick[0].instrument_config["downstream"]["n_examples"] == 20
-    assert "downstream" in quick[0].instruments
+    assert quick[0].instrument_config["downstream"]["tasks"] == ["sst2", "mmlu"]
     with pytest.raises(ConfigError, match="data_dir"):
         study_runs(StudyConfig(downstream_dir="/no/such/folder"))
     with pytest.raises(Exception, match="did you mean 'encore'"):

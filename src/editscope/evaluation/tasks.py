@@ -273,8 +273,33 @@ def load_task(data_dir: str | Path, name: str) -> TaskData:
     return TaskData(task, examples, str(path), fingerprint)
 
 
+BUNDLED = "bundled"
+"""``data_dir`` naming the task files shipped in the package (``editscope/data/tasks``: an MMLU sample, MIT)."""
+
+
+def resolve_data_dir(data_dir: str | Path, names: Sequence[str] = ()) -> Path:
+    """The folder of the task files: ``bundled`` is the package's own (which holds only :data:`BUNDLED_TASKS`;
+    asking it for another task is refused by name), anything else a folder path."""
+    if str(data_dir) != BUNDLED:
+        return Path(data_dir).expanduser()
+    from importlib import resources
+
+    folder = Path(str(resources.files("editscope.data").joinpath("tasks")))
+    missing = [n for n in names if not (folder / f"{n}.jsonl").is_file()]
+    if missing:
+        from editscope.config import ConfigError
+
+        raise ConfigError(f"downstream.data_dir bundled: holds only {', '.join(BUNDLED_TASKS)}; {', '.join(missing)} need the task "
+                          f"files (--downstream-dir), published at {PUBLISHED_AT}")  # fmt: skip
+    return folder
+
+
+BUNDLED_TASKS = ("mmlu",)
+
+
 def load_tasks(data_dir: str | Path, names: Sequence[str]) -> dict[str, TaskData]:
     """:func:`load_task` for every name in ``names`` (unknown names fail before any file is read)."""
     for name in names:
         get_task(name)
-    return {name: load_task(data_dir, name) for name in names}
+    folder = resolve_data_dir(data_dir, names)
+    return {name: load_task(folder, name) for name in names}

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from editscope.config import ConfigError
 from editscope.evaluation.downstream import EncodedTask, classify, encode_task, select_examples, task_metrics
 from editscope.evaluation.perplexity import load_texts, make_windows, mean_nll, perplexity, reading_order, source_name
-from editscope.evaluation.tasks import DEFAULT_TASKS, PUBLISHED_AT, TASKS, TaskData, load_tasks
+from editscope.evaluation.tasks import BUNDLED, DEFAULT_TASKS, PUBLISHED_AT, TASKS, TaskData, load_tasks
 from editscope.instruments.base import Instrument, register_instrument
 from editscope.models.fingerprint import model_fingerprint
 from editscope.models.placement import input_device
@@ -47,7 +47,8 @@ class DownstreamConfig:
         data_dir: folder with ``<task>.jsonl`` (or the published ``<task>.pkl``) for every task:
             the class-balanced GLUE/MMLU subsets of the editing-degradation papers (Gupta et al.
             2024; AlphaEdit), published in github.com/scalable-model-editing/unified-model-editing
-            ``glue_eval/dataset/``. Required.
+            ``glue_eval/dataset/``; or ``bundled``: the 400-question MMLU sample shipped in the package
+            (``tasks: [mmlu]``; MIT-licensed, see ``editscope/data/tasks/README.md``). Required.
         tasks: task names (see ``evaluation.tasks.TASKS``).
         n_shots: demonstrations before every example (the papers' few-shot setting; 0 = zero-shot).
         n_examples: evaluated examples per task, class-balanced. At 100 one example is one point of
@@ -130,7 +131,7 @@ class DownstreamAbility(Instrument):
                 "downstream.data_dir: must point at a folder with the task files "
                 f"({', '.join(f'{t}.jsonl' for t in config.tasks)}); the data is published at {PUBLISHED_AT}"
             )
-        if not Path(config.data_dir).expanduser().is_dir():
+        if config.data_dir != BUNDLED and not Path(config.data_dir).expanduser().is_dir():
             raise ConfigError(
                 f"downstream.data_dir: {config.data_dir} is not a folder; the task data is published at {PUBLISHED_AT}"
             )

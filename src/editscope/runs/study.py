@@ -103,7 +103,9 @@ class StudyConfig:
         points: checkpoint edit counts instead of ``every`` (``RunConfig.points``).
         seed: ordering seed shared by the runs (the same facts in the same order).
         out: folder holding one run folder per editor.
-        downstream_dir: task files for the few-shot downstream instrument; ``None`` leaves it out.
+        downstream_dir: task files for the few-shot downstream instrument (GLUE and MMLU); ``None``: the
+            MMLU sample bundled with the package (``data_dir: bundled``), so the demo measures downstream
+            ability on any machine.
         downstream_autocast: precision of the downstream forward passes (``"auto"``: bf16 where the
             device runs it natively, about twice as fast there; a dtype name; ``None``: the model's own).
         downstream_examples: evaluated examples per task (one example is 2 points at 50; the
@@ -133,15 +135,20 @@ class StudyConfig:
 
 def study_runs(study: StudyConfig) -> list[RunConfig]:
     """One validated :class:`RunConfig` per editor."""
-    instruments = list(DEFAULT_INSTRUMENTS)
-    settings: dict[str, dict[str, Any]] = {}
-    if study.downstream_dir is not None:
-        instruments.append("downstream")
-        settings["downstream"] = {"data_dir": study.downstream_dir, "autocast": study.downstream_autocast,
-                                  "n_examples": study.downstream_examples}
+    from editscope.evaluation.tasks import BUNDLED, BUNDLED_TASKS
+
+    instruments = [*DEFAULT_INSTRUMENTS, "downstream"]
+    settings: dict[str, dict[str, Any]] = {
+        "downstream": {"data_dir": study.downstream_dir or BUNDLED, "autocast": study.downstream_autocast,
+                       "n_examples": study.downstream_examples,
+                       **({} if study.downstream_dir else {"tasks": list(BUNDLED_TASKS)})},
+    }  # fmt: skip
     if study.quick:
         for name in instruments:
-            settings[name] = {**settings.get(name, {}), **QUICK_INSTRUMENTS.get(name, {})}
+            quick = dict(QUICK_INSTRUMENTS.get(name, {}))
+            if name == "downstream" and not study.downstream_dir:
+                quick.pop("tasks", None)  # the bundled files hold MMLU alone
+            settings[name] = {**settings.get(name, {}), **quick}
         settings = {k: v for k, v in settings.items() if v}
     arms = study.arms or tuple(StudyArm(editor, editor) for editor in study.editors)
     names = [arm.name for arm in arms]
