@@ -53,8 +53,15 @@ class RunRef:
 
 
 def is_run_folder(path: Path) -> bool:
-    """An editing run folder: ``config.yaml`` and ``state/``, and no model of its own (``config.json``)."""
-    return (path / CONFIG).is_file() and (path / STATE).is_dir() and not (path / "config.json").is_file()
+    """An editing run folder: ``config.yaml`` naming an editor and ``state/``, and no model of its own
+    (``config.json``); a post-training run folder (its config names a ``mode``) is not one."""
+    if not ((path / CONFIG).is_file() and (path / STATE).is_dir()) or (path / "config.json").is_file():
+        return False
+    try:
+        config = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and "editor" in config and "mode" not in config
 
 
 def parse_run_ref(spec: str) -> RunRef | None:
