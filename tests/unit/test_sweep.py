@@ -46,7 +46,7 @@ def tiny_sweep(folder: Path, root: Path, **overrides) -> SweepConfig:
 def comparable(folder: Path) -> tuple[list, dict]:
     """metrics.jsonl without timings, and the final cumulative deltas."""
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    values = [(r["edits"], {k: v for k, v in r["metrics"].items() if not k.startswith("time/")}) for r in records]
+    values = [(r["edits"], {k: v for k, v in r["metrics"].items() if not k.startswith(("time/", "mem/"))}) for r in records]
     return values, load_file(str(folder / "state" / "deltas.safetensors"))
 
 
