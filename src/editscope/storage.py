@@ -25,6 +25,19 @@ def cache_home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "editscope"
 
 
+def installed_file(distribution: str, relative: str) -> Path | None:
+    """The file at ``relative`` (its path inside the wheel) of an installed distribution, found through
+    ``importlib.metadata`` without importing the package; ``None`` where the distribution holds no such file.
+    Raises ``importlib.metadata.PackageNotFoundError`` where the distribution is not installed."""
+    from importlib import metadata
+
+    dist = metadata.distribution(distribution)
+    for file in dist.files or ():
+        if str(file).replace("\\", "/") == relative:
+            return Path(str(dist.locate_file(file)))
+    return None
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

