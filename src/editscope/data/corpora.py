@@ -27,8 +27,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editscope.errors import DataError
 from editscope.models.placement import input_device
-from editscope.storage import installed_file
 from editscope.precision import seeded
+from editscope.storage import installed_file
 
 logger = logging.getLogger(__name__)
 
