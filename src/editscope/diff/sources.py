@@ -125,7 +125,7 @@ def run_source(spec: str) -> TensorSource | None:
 
     from safetensors.torch import save_file
 
-    from editscope.runs.export import parse_run_ref, run_deltas
+    from editscope.runs.export import edited_weight, parse_run_ref, run_deltas
     from editscope.runs.store import RunStore
 
     ref = parse_run_ref(spec)
@@ -142,7 +142,7 @@ def run_source(spec: str) -> TensorSource | None:
     for name, delta in deltas.items():
         with safe_open(str(base.files[name]), framework="pt") as handle:
             w0 = handle.get_tensor(name)
-        edited[name] = (w0.to(delta.dtype) + delta).to(w0.dtype).contiguous()
+        edited[name] = edited_weight(w0, delta).contiguous()
     file = scratch / f"edited-{edits}.safetensors"
     save_file(edited, str(file))
     files = {**base.files, **dict.fromkeys(edited, file)}  # same names, shapes and dtypes as the base's

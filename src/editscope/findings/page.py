@@ -105,16 +105,16 @@ def compared(findings: Findings, claim: int) -> list[dict[str, object]]:
 
 def _against_table(findings: Findings, claim: int) -> str:
     rows = compared(findings, claim)
-    if not rows:
+    if not rows or findings.against is None:
         return ""
-    budget = findings.against["budget"] if findings.against else "?"
+    against = findings.against
     body = "".join(
         f"<tr><td>{_e(r['subject'])}</td><td>{_e(r['edits_before'] or '')}</td><td>{_e(r['verdict_before'])}</td><td>{_e(r['measured_before'])}</td>"
         f"<td>{_e(r['edits_here'] or '')}</td><td>{_e(r['verdict_here'])}</td><td>{_e(r['measured_here'])}</td>"
         f"<td><b>{'changed' if r['changed'] else 'same'}</b></td></tr>"
         for r in rows
     )
-    return (f"<p>Beside the <b>{_e(budget)}</b> budget's verdicts ({_e(findings.against['folder'] if findings.against else '')}):</p>"
+    return (f"<p>Beside the <b>{_e(against['budget'])}</b> budget's verdicts ({_e(against['folder'])}):</p>"
             f"<table><tr><th>subject</th><th>edits</th><th>verdict there</th><th>measured there</th><th>edits</th><th>verdict here</th>"
             f"<th>measured here</th><th>at scale</th></tr>{body}</table>")
 

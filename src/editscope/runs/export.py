@@ -80,15 +80,13 @@ def run_deltas(ref: RunRef) -> tuple[dict[str, torch.Tensor], int, dict[str, Any
         raise ConfigError(f"{ref.folder}: no saved state yet (the run has not reached its first checkpoint)")
     latest = int(progress["edits"])
     if ref.edits is None or ref.edits == latest:
-        saved = store.load_state()
-        assert saved is not None
-        return saved.deltas, latest, progress
+        return store.latest_deltas(), latest, progress
+    if ref.edits == 0:  # the unedited model
+        return {}, 0, progress
     kept = store.checkpoint_deltas(ref.edits)
     if kept is None:
         counts = sorted(int(p.stem) for p in (ref.folder / CHECKPOINTS).glob("*.safetensors") if p.stem.isdigit())
         recorded = [int(r["edits"]) for r in read_metrics_file(ref.folder / "metrics.jsonl")]
-        if ref.edits == 0 and 0 in recorded:
-            return {}, 0, progress
         raise ConfigError(
             f"{ref}: no delta kept at {ref.edits} edits; kept: {', '.join(map(str, [*counts, latest] if latest not in counts else counts)) or 'none'}"
             f" (checkpoints recorded: {', '.join(map(str, recorded))}; runs keep one per checkpoint unless keep_deltas is off)"
@@ -96,21 +94,27 @@ def run_deltas(ref: RunRef) -> tuple[dict[str, torch.Tensor], int, dict[str, Any
     return kept, ref.edits, progress
 
 
+def edited_weight(w0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``W0 + C`` in ``W0``'s dtype and device: the run's own addition (``SequentialRun._set``), so every copy of
+    an edited matrix (loaded, exported, patched, diffed) holds the same bits."""
+    return w0 + delta.to(device=w0.device, dtype=w0.dtype)
+
+
 def add_deltas(model: torch.nn.Module, deltas: dict[str, torch.Tensor]) -> None:
-    """``W = W0 + C`` for every matrix in ``deltas``, in the parameter's dtype (the run's own addition)."""
+    """:func:`edited_weight` for every matrix in ``deltas``, in place."""
     with torch.no_grad():
         for name, delta in deltas.items():
             param = model.get_parameter(name)
-            param.copy_(param.detach().clone() + delta.to(device=param.device, dtype=param.dtype))
+            param.copy_(edited_weight(param.detach(), delta))
 
 
-def edited_model(ref: RunRef, *, dtype: torch.dtype | None = None):
-    """The run's model at ``ref``'s checkpoint: the base it was made from with the cumulative delta added."""
+def edited_model(ref: RunRef, *, dtype: torch.dtype | None = None, found: tuple[dict[str, torch.Tensor], int, dict[str, Any]] | None = None):
+    """The run's model at ``ref``'s checkpoint: the base it was made from with the cumulative delta added
+    (``found``: :func:`run_deltas` of ``ref`` where the caller has read it already)."""
     from editscope.models import load
 
-    store = RunStore(ref.folder)
-    config = store.saved_config()
-    deltas, edits, progress = run_deltas(ref)
+    config = RunStore(ref.folder).saved_config()
+    deltas, edits, progress = found or run_deltas(ref)
     loaded = load(config.model, dtype=dtype)
     base = model_fingerprint(loaded.model)
     if progress.get("fingerprint") not in (None, base):
@@ -180,7 +184,7 @@ def export_run(ref: RunRef, out: str | Path, *, dtype: str | None = None, delta_
             save_file({k: v.contiguous() for k, v in deltas.items()}, str(tmp / "delta.safetensors"), metadata=meta)
             (tmp / "README.md").write_text(model_card(ref, edits, base_fingerprint, sorted(deltas)), encoding="utf-8")
         return out / "delta.safetensors"
-    loaded = edited_model(RunRef(ref.folder, edits))
+    loaded = edited_model(ref, found=(deltas, edits, progress))
     return _save_model(loaded, out, model_card(ref, edits, base_fingerprint, sorted(deltas)), DTYPES.get(dtype or ""))
 
 
@@ -216,7 +220,8 @@ def apply_patch(base: str, patch: str | Path, out: str | Path) -> Path:
             f"{base}: fingerprint {fingerprint}, but the patch {patch} was made for {meta.get('base_model')} with fingerprint "
             f"{meta['base_fingerprint']}; refusing to apply it to another model"
         )
-    missing = [name for name in tensors if name not in dict(loaded.model.named_parameters())]
+    names = {name for name, _ in loaded.model.named_parameters()}
+    missing = [name for name in tensors if name not in names]
     if missing:
         raise ConfigError(f"patch {patch}: {base} has no parameter {missing[0]!r}")
     add_deltas(loaded.model, tensors)

@@ -225,6 +225,10 @@ class RunStore:
         atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in deltas.items()}, metadata={"edits": str(edits)}))
         return path
 
+    def latest_deltas(self) -> dict[str, torch.Tensor]:
+        """The cumulative delta of the last saved state alone (not the editor's or instruments' state)."""
+        return load_file(str(self.path / STATE / "deltas.safetensors"))
+
     def checkpoint_deltas(self, edits: int) -> dict[str, torch.Tensor] | None:
         """The cumulative delta kept at ``edits``, or ``None`` where none was kept."""
         path = self.path / CHECKPOINTS / f"{edits}.safetensors"
